@@ -1,0 +1,200 @@
+"""Versioned model artifacts in the BentoML model store, and the loading API the services use.
+
+Each artifact directory carries `manifest.json` with the SHA-256 of every file; loading checks it,
+so a truncated or altered artifact fails with `ModelCorruptError` instead of serving garbage.
+BentoML is imported lazily: training and tests that never touch the store do not pay for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from recsys.errors import ModelCorruptError, ModelMissingError
+
+if TYPE_CHECKING:
+    from recsys.pipeline import TrainResult
+    from recsys.ranking import Ranker
+    from recsys.retrieval import RetrievalModel
+
+RETRIEVAL_MODEL = "recsys-retrieval"
+RANKING_MODEL = "recsys-ranking"
+MANIFEST = "manifest.json"
+
+
+def code_revision() -> str:
+    """The git commit of the working tree (with `-dirty` when it has changes), or `unknown`."""
+    try:
+        root = Path(__file__).resolve().parent.parent
+        rev = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        return rev or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {str(p.relative_to(directory)): _sha256(p) for p in files}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def verify_manifest(directory: Path, what: str) -> None:
+    """Raise ModelCorruptError when a file listed in the manifest is missing or altered."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        raise ModelCorruptError(f"{what}: {MANIFEST} is missing in {directory}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelCorruptError(f"{what}: {MANIFEST} is not valid JSON ({exc})") from exc
+    for name, expected in manifest.items():
+        path = directory / name
+        if not path.exists():
+            raise ModelCorruptError(f"{what}: file {name} is missing")
+        if _sha256(path) != expected:
+            raise ModelCorruptError(f"{what}: file {name} does not match its checksum")
+
+
+def _flat(value: object) -> object:
+    """Metadata BentoML accepts: JSON round-trip turns tuples and numpy scalars into plain types."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def save_models(result: TrainResult, report_dir: str | None = None) -> dict[str, str]:
+    """Store the retrieval and ranking models as new BentoML model versions; returns their tags."""
+    import bentoml
+
+    revision = code_revision()
+    two_stage = result.metrics["models"]["two_stage"]
+    labels = {
+        "project": "recsys",
+        "data_hash": result.data_hash,
+        "promotable": str(result.promotable).lower(),
+        "split": result.config.split,
+    }
+    common = {
+        "data_hash": result.data_hash,
+        "code_revision": revision,
+        "split": result.split,
+        "config": result.config.to_dict(),
+        "promotable": result.promotable,
+        "promotion_reasons": result.promotion_reasons,
+        "report_dir": report_dir,
+    }
+    tags: dict[str, str] = {}
+    with bentoml.models.create(
+        RETRIEVAL_MODEL,
+        labels={**labels, "stage": "retrieval"},
+        metadata=_flat({**common, "index": result.retrieval.stats,
+                        "metrics": {"retrieval": result.metrics["models"]["retrieval"]}}),
+    ) as model:
+        result.retrieval.save(model.path)
+        write_manifest(Path(model.path))
+        tags["retrieval"] = str(model.tag)
+    with bentoml.models.create(
+        RANKING_MODEL,
+        labels={**labels, "stage": "ranking", "retrieval_tag": tags["retrieval"]},
+        metadata=_flat({**common, "metrics": {"two_stage": two_stage,
+                                              "models": result.metrics["models"]},
+                        "ranker": result.ranker.info}),
+    ) as model:
+        result.ranker.save(model.path)
+        write_manifest(Path(model.path))
+        tags["ranking"] = str(model.tag)
+    return tags
+
+
+def _model_dir(tag: str, what: str) -> tuple[Path, object]:
+    import bentoml
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    try:
+        model = bentoml.models.get(tag)
+    except NotFound as exc:
+        raise ModelMissingError(
+            f"{what} model {tag!r} is not in the BentoML model store "
+            "(train one with `recsys train`, or check RECSYS_*_MODEL_TAG and BENTOML_HOME)"
+        ) from exc
+    except BentoMLException as exc:
+        raise ModelCorruptError(f"{what} model {tag!r} cannot be read: {exc}") from exc
+    return Path(model.path), model
+
+
+def resolve_tag(tag: str, name: str) -> str:
+    """Full `name:version` tag of a model (resolves `latest` and bare versions)."""
+    full = tag if ":" in tag else f"{name}:{tag}"
+    _, model = _model_dir(full, name)
+    return str(model.tag)
+
+
+def load_retrieval_dir(directory: str | Path) -> RetrievalModel:
+    from recsys.retrieval import RetrievalModel
+
+    directory = Path(directory)
+    verify_manifest(directory, "retrieval model")
+    try:
+        return RetrievalModel.load(directory)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelCorruptError(f"retrieval model in {directory} cannot be loaded: {exc}") from exc
+
+
+def load_ranker_dir(directory: str | Path) -> Ranker:
+    from recsys.ranking import Ranker
+
+    directory = Path(directory)
+    verify_manifest(directory, "ranking model")
+    try:
+        return Ranker.load(directory)
+    except Exception as exc:  # xgboost raises its own XGBoostError among others
+        raise ModelCorruptError(f"ranking model in {directory} cannot be loaded: {exc}") from exc
+
+
+def load_retrieval(tag: str = "latest") -> tuple[RetrievalModel, str]:
+    """Load a retrieval model from the store; returns it with its full tag."""
+    full = tag if ":" in tag else f"{RETRIEVAL_MODEL}:{tag}"
+    path, model = _model_dir(full, "retrieval")
+    return load_retrieval_dir(path), str(model.tag)
+
+
+def load_ranker(tag: str = "latest") -> tuple[Ranker, str]:
+    """Load a ranking model from the store; returns it with its full tag."""
+    full = tag if ":" in tag else f"{RANKING_MODEL}:{tag}"
+    path, model = _model_dir(full, "ranking")
+    return load_ranker_dir(path), str(model.tag)
+
+
+def list_models() -> list[dict]:
+    """Every recsys model version in the store, newest first."""
+    import bentoml
+
+    rows = []
+    for name in (RETRIEVAL_MODEL, RANKING_MODEL):
+        for model in bentoml.models.list(name):
+            info = model.info
+            metrics = info.metadata.get("metrics", {})
+            ndcg = (metrics.get("two_stage") or metrics.get("retrieval") or {}).get("ndcg@10")
+            rows.append(
+                {
+                    "tag": str(model.tag),
+                    "stage": info.labels.get("stage", ""),
+                    "created": info.creation_time.isoformat(timespec="seconds"),
+                    "data_hash": info.labels.get("data_hash", ""),
+                    "promotable": info.labels.get("promotable", ""),
+                    "ndcg@10": ndcg,
+                }
+            )
+    return sorted(rows, key=lambda r: r["created"], reverse=True)

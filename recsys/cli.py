@@ -1,0 +1,264 @@
+"""`recsys` command line: data generation and validation, training, evaluation, model listing."""
+
+from __future__ import annotations
+
+import os
+
+# implicit parallelises ALS itself; OpenBLAS threads on top of it only slow it down.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from recsys.errors import RecsysError  # noqa: E402
+
+app = typer.Typer(help="Two-stage recommender: data, training, evaluation and models.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Generate and validate interaction data.", no_args_is_help=True)
+models_app = typer.Typer(help="Inspect versioned models in the BentoML store.",
+                         no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+console = Console()
+err_console = Console(stderr=True)
+
+DataDir = Annotated[Path, typer.Option("--data", help="Directory with interactions.* and items.*")]
+
+
+def _load(data: Path, movielens: bool):
+    from recsys.data.loaders import load_dataset, load_movielens
+
+    return load_movielens(data) if movielens else load_dataset(data)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Output directory")] = Path("data"),
+    users: Annotated[int, typer.Option(min=1, help="Number of users")] = 20_000,
+    items: Annotated[int, typer.Option(min=1, help="Number of items")] = 50_000,
+    events: Annotated[int, typer.Option(min=1, help="Number of events")] = 1_000_000,
+    days: Annotated[int, typer.Option(min=1, help="Days the log spans")] = 120,
+    categories: Annotated[int, typer.Option(min=1, help="Number of item categories")] = 24,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 42,
+    csv: Annotated[bool, typer.Option("--csv", help="Write CSV instead of Parquet")] = False,
+) -> None:
+    """Generate the embedded synthetic data set (seeded: same flags, same rows)."""
+    import time
+
+    from recsys.data.loaders import save_dataset
+    from recsys.data.synth import SynthConfig, generate
+
+    start = time.perf_counter()
+    config = SynthConfig(n_users=users, n_items=items, n_events=events, days=days,
+                         n_categories=categories, seed=seed)
+    with console.status("generating synthetic interactions"):
+        generated = generate(config)
+    if csv:
+        out.mkdir(parents=True, exist_ok=True)
+        generated.interactions.to_csv(out / "interactions.csv", index=False)
+        generated.catalog.to_csv(out / "items.csv", index=False)
+    else:
+        save_dataset(generated.interactions, generated.catalog, out)
+    console.print(
+        f"wrote {len(generated.interactions):,} events, {len(generated.catalog):,} items to {out} "
+        f"in {time.perf_counter() - start:.1f}s"
+    )
+
+
+@data_app.command("validate")
+def data_validate(
+    data: DataDir = Path("data"),
+    movielens: Annotated[bool, typer.Option(help="Read MovieLens files")] = False,
+    max_reject_ratio: Annotated[float, typer.Option(min=0, max=1)] = 0.05,
+    rejects: Annotated[Path | None, typer.Option(help="Where rejected rows go")] = None,
+) -> None:
+    """Validate a data set: counts of rejected rows per problem, written aside."""
+    from recsys.data.validate import validate_dataset
+
+    interactions, catalog = _load(data, movielens)
+    rejects = rejects or data / "rejects"
+    result = validate_dataset(interactions, catalog, max_reject_ratio, rejects)
+    for line in result.report.summary_lines():
+        console.print(line)
+    console.print(f"rejected rows and validation.json are in {rejects}")
+
+
+def _stage_printer():
+    def hook(name: str, seconds: float | None) -> None:
+        if seconds is None:
+            console.print(f"[bold cyan]>[/] {name} ...")
+        else:
+            console.print(f"[green]done[/] {name} in {seconds:.1f}s")
+
+    return hook
+
+
+def _metrics_table(metrics: dict, k: int = 10) -> Table:
+    table = Table(title=f"Test window, {metrics['users']} users")
+    table.add_column("model")
+    names = ("ndcg", "recall", "precision", "map", "mrr", "hit_rate", "coverage")
+    for name in names:
+        table.add_column(f"{name}@{k}", justify="right")
+    for model, values in metrics["models"].items():
+        table.add_row(model, *(f"{values[f'{n}@{k}']:.4f}" for n in names))
+    return table
+
+
+@app.command("train")
+def train(
+    data: DataDir = Path("data"),
+    out: Annotated[Path, typer.Option(help="Report directory")] = Path("reports/latest"),
+    movielens: Annotated[bool, typer.Option(help="Read MovieLens files from --data")] = False,
+    split: Annotated[
+        str, typer.Option(help="chronological (time windows) or random (per-user holdout)")
+    ] = "chronological",
+    ratio: Annotated[float, typer.Option(help="History share with --split random")] = 0.75,
+    validation_days: Annotated[float, typer.Option(min=0.01)] = 14.0,
+    test_days: Annotated[float, typer.Option(min=0.01)] = 14.0,
+    algorithm: Annotated[str, typer.Option(help="als or bpr")] = "als",
+    factors: Annotated[int, typer.Option(min=2)] = 64,
+    iterations: Annotated[int, typer.Option(min=1)] = 15,
+    candidates: Annotated[int, typer.Option(min=10, max=2000)] = 200,
+    max_reject_ratio: Annotated[float, typer.Option(min=0, max=1)] = 0.05,
+    seed: Annotated[int, typer.Option()] = 0,
+    save: Annotated[bool, typer.Option(help="Store models in the BentoML model store")] = True,
+) -> None:
+    """Train retrieval and ranking, evaluate them on the held-out window, store the models."""
+    from recsys.pipeline import TrainConfig, train_pipeline
+
+    if split not in ("chronological", "random"):
+        raise RecsysError(f"--split must be chronological or random, got {split!r}")
+    if algorithm not in ("als", "bpr"):
+        raise RecsysError(f"--algorithm must be als or bpr, got {algorithm!r}")
+    base = TrainConfig()
+    config = replace(
+        base,
+        split=split,  # type: ignore[arg-type]
+        ratio=ratio,
+        validation_days=validation_days,
+        test_days=test_days,
+        max_reject_ratio=max_reject_ratio,
+        seed=seed,
+        embedding=replace(base.embedding, algorithm=algorithm, factors=factors,  # type: ignore[arg-type]
+                          iterations=iterations, seed=seed),
+        retrieval=replace(base.retrieval, num_candidates=candidates),
+        ranker=replace(base.ranker, seed=seed),
+    )
+    interactions, catalog = _load(data, movielens)
+    result = train_pipeline(interactions, catalog, config, rejects_dir=str(out / "rejects"),
+                            on_stage=_stage_printer())
+    _finish(result, out, save)
+
+
+def _finish(result, out: Path, save: bool) -> None:
+    from recsys.artifacts import code_revision, save_models
+    from recsys.report import write_report
+
+    summary = {
+        "metrics": result.metrics,
+        "validation": result.validation.to_dict(),
+        "validation_summary": result.validation.summary_lines(),
+        "split": result.split,
+        "data_hash": result.data_hash,
+        "config": result.config.to_dict(),
+        "timings": result.timings,
+        "promotable": result.promotable,
+        "promotion_reasons": result.promotion_reasons,
+        "code_revision": code_revision(),
+    }
+    if save:
+        with console.status("saving models to the BentoML store"):
+            summary["model_tags"] = save_models(result, report_dir=str(out.resolve()))
+    paths = write_report(summary, out)
+    console.print(_metrics_table(result.metrics))
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    console.print(f"stage timings: {timing} (total {sum(result.timings.values()):.1f}s)")
+    verdict = "[green]promotable[/]" if result.promotable else "[red]not promotable[/]"
+    console.print(f"verdict: {verdict} " + "; ".join(result.promotion_reasons))
+    for name, tag in summary.get("model_tags", {}).items():
+        console.print(f"{name} model: {tag}")
+    console.print(f"report: {paths['report']}  (metrics: {paths['metrics']})")
+
+
+@app.command("evaluate")
+def evaluate(
+    data: DataDir = Path("data"),
+    out: Annotated[Path, typer.Option(help="Report directory")] = Path("reports/evaluate"),
+    retrieval_tag: Annotated[str, typer.Option(help="Retrieval model tag")] = "latest",
+    ranking_tag: Annotated[str, typer.Option(help="Ranking model tag")] = "latest",
+    movielens: Annotated[bool, typer.Option(help="Read MovieLens files from --data")] = False,
+) -> None:
+    """Evaluate stored models on the test window of a data set (split as the models were)."""
+    from recsys.artifacts import load_ranker, load_retrieval
+    from recsys.data.validate import validate_dataset
+    from recsys.evaluate import evaluate_models, held_out_relevance, promotion_decision
+    from recsys.pipeline import TrainConfig, make_split
+
+    retrieval, full_retrieval_tag = load_retrieval(retrieval_tag)
+    ranker, full_ranking_tag = load_ranker(ranking_tag)
+    import bentoml
+
+    meta = bentoml.models.get(full_ranking_tag).info.metadata
+    saved = meta.get("config", {})
+    config = TrainConfig(
+        split=saved.get("split", "chronological"),
+        ratio=saved.get("ratio", 0.75),
+        validation_days=saved.get("validation_days", 14.0),
+        test_days=saved.get("test_days", 14.0),
+        seed=saved.get("seed", 0),
+    )
+    interactions, catalog = _load(data, movielens)
+    clean = validate_dataset(interactions, catalog, saved.get("max_reject_ratio", 0.05))
+    split = make_split(clean.interactions, config)
+    evaluation = held_out_relevance(split.test, retrieval, max_users=config.max_eval_users)
+    metrics = evaluate_models(retrieval, ranker, evaluation, config.ks,
+                              retrieval.config.num_candidates)
+    promotable, reasons = promotion_decision(metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"retrieval_tag": full_retrieval_tag, "ranking_tag": full_ranking_tag,
+              "metrics": metrics, "promotable": promotable, "promotion_reasons": reasons}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    console.print(_metrics_table(metrics))
+    console.print(f"metrics: {out / 'metrics.json'}")
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """List stored recsys model versions, newest first."""
+    from recsys.artifacts import list_models
+
+    rows = list_models()
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="recsys models")
+    for column in ("tag", "stage", "created", "data_hash", "promotable", "ndcg@10"):
+        table.add_column(column)
+    for row in rows:
+        ndcg = row["ndcg@10"]
+        table.add_row(*(str(row[c]) for c in ("tag", "stage", "created", "data_hash",
+                                               "promotable")),
+                      f"{ndcg:.4f}" if isinstance(ndcg, float) else "-")
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: typed errors become one clear line and exit code 2."""
+    try:
+        app()
+    except RecsysError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+

@@ -1,0 +1,166 @@
+"""Offline evaluation: popularity, retrieval-only and two-stage models, overall and per slice."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from recsys.data import schema
+from recsys.metrics import evaluate_lists, recall_at_k
+from recsys.ranking import Ranker, candidate_features
+from recsys.retrieval import Candidates, RetrievalModel
+
+MODELS = ("popularity", "retrieval", "two_stage")
+
+
+@dataclass
+class EvaluationSet:
+    """Users to evaluate and, for each, the items they turned to in the held-out window."""
+
+    user_ids: list[str]
+    relevant: list[set[int]]
+
+
+def held_out_relevance(
+    held_out: pd.DataFrame,
+    retrieval: RetrievalModel,
+    max_users: int | None = None,
+    seed: int = 0,
+    exclude_seen: bool = True,
+) -> EvaluationSet:
+    """Relevant sets from a held-out window: items a user met there and had not met before.
+
+    Items already in a user's history are removed (they are excluded at recommendation time).
+    Users left with nothing relevant are not evaluated. A seeded sample caps the user count.
+    """
+    item_idx = retrieval.items.lookup(held_out[schema.ITEM_ID])
+    frame = pd.DataFrame({"user": held_out[schema.USER_ID].to_numpy(), "item": item_idx})
+    frame = frame[frame["item"] >= 0].drop_duplicates()
+    grouped = frame.groupby("user", sort=True)["item"].agg(lambda s: set(s.tolist()))
+    users, relevant = [], []
+    for user_id, items in grouped.items():
+        if exclude_seen:
+            items = items - set(retrieval.seen_items(retrieval.users.index_of(user_id)).tolist())
+        if items:
+            users.append(str(user_id))
+            relevant.append(items)
+    if max_users is not None and len(users) > max_users:
+        keep = np.sort(np.random.default_rng(seed).choice(len(users), max_users, replace=False))
+        users = [users[i] for i in keep]
+        relevant = [relevant[i] for i in keep]
+    return EvaluationSet(users, relevant)
+
+
+def rank_candidates(
+    ranker: Ranker, user_indices: Sequence[int], candidates: Sequence[Candidates]
+) -> list[np.ndarray]:
+    """Candidate item indices re-ordered by the ranker, with one prediction for all users."""
+    if not candidates:
+        return []
+    features = np.vstack(
+        [candidate_features(ranker.tables, u, c) for u, c in zip(user_indices, candidates, strict=True)]
+    )
+    scores = ranker.predict(features)
+    ordered, start = [], 0
+    for cand in candidates:
+        part = scores[start : start + len(cand)]
+        start += len(cand)
+        ordered.append(cand.item_idx[np.argsort(-part, kind="stable")])
+    return ordered
+
+
+def recommend_all(
+    retrieval: RetrievalModel,
+    ranker: Ranker,
+    user_ids: Sequence[str],
+    k: int,
+    num_candidates: int,
+) -> tuple[dict[str, list[np.ndarray]], list[Candidates]]:
+    """Top-k lists from every model for every user (seen items excluded)."""
+    user_indices = [retrieval.users.index_of(u) for u in user_ids]
+    candidates = [retrieval.retrieve_indices(u, num_candidates) for u in user_indices]
+    popularity = [retrieval.retrieve_indices(-1, k, retrieval.seen_items(u)) for u in user_indices]
+    ranker_users = [ranker.users.index_of(u) for u in user_ids]
+    lists = {
+        "popularity": [c.item_idx[:k] for c in popularity],
+        "retrieval": [c.item_idx[:k] for c in candidates],
+        "two_stage": [order[:k] for order in rank_candidates(ranker, ranker_users, candidates)],
+    }
+    return lists, candidates
+
+
+def evaluate_models(
+    retrieval: RetrievalModel,
+    ranker: Ranker,
+    evaluation: EvaluationSet,
+    ks: Sequence[int] = (5, 10, 20),
+    num_candidates: int = 200,
+) -> dict:
+    """Metrics of the three models overall and on cold/warm and light/heavy user slices."""
+    max_k = max(ks)
+    lists, candidates = recommend_all(
+        retrieval, ranker, evaluation.user_ids, max_k, num_candidates
+    )
+    to_lists = {name: [x.tolist() for x in value] for name, value in lists.items()}
+    n_items = len(retrieval.items)
+    user_indices = np.array([retrieval.users.index_of(u) for u in evaluation.user_ids])
+    history = np.where(user_indices >= 0, retrieval.history_counts[np.maximum(user_indices, 0)], 0)
+    cold = np.array([retrieval.is_cold(u) for u in user_indices], dtype=bool)
+    warm_history = history[~cold]
+    heavy_cut = float(np.median(warm_history)) if len(warm_history) else 0.0
+    slices = {
+        "cold": cold,
+        "warm": ~cold,
+        "light": ~cold & (history <= heavy_cut),
+        "heavy": ~cold & (history > heavy_cut),
+    }
+
+    def score(mask: np.ndarray | None) -> dict[str, dict[str, float]]:
+        pick = np.arange(len(evaluation.user_ids)) if mask is None else np.flatnonzero(mask)
+        relevant = [evaluation.relevant[i] for i in pick]
+        return {
+            name: evaluate_lists([ranked[i] for i in pick], relevant, ks, n_items)
+            for name, ranked in to_lists.items()
+        }
+
+    candidate_recall = [
+        recall_at_k(c.item_idx.tolist(), rel, num_candidates)
+        for c, rel in zip(candidates, evaluation.relevant, strict=True)
+    ]
+    return {
+        "ks": list(ks),
+        "users": len(evaluation.user_ids),
+        "num_candidates": num_candidates,
+        f"candidate_recall@{num_candidates}": float(np.mean(candidate_recall))
+        if candidate_recall
+        else 0.0,
+        "models": score(None),
+        "slices": {
+            name: {"users": int(mask.sum()), "models": score(mask)}
+            for name, mask in slices.items()
+            if mask.any()
+        },
+        "slice_definitions": {
+            "cold": f"unknown or at most {retrieval.config.cold_user_max_events} events of history",
+            "warm": "more history than cold",
+            "light": f"warm with at most {heavy_cut:g} events (median of warm users)",
+            "heavy": f"warm with more than {heavy_cut:g} events",
+        },
+    }
+
+
+def promotion_decision(metrics: dict, metric: str = "ndcg@10") -> tuple[bool, list[str]]:
+    """Promotable only when the two-stage model beats both baselines on `metric`."""
+    models = metrics["models"]
+    ours = models["two_stage"][metric]
+    reasons = []
+    for baseline in ("popularity", "retrieval"):
+        theirs = models[baseline][metric]
+        if ours <= theirs:
+            reasons.append(
+                f"two-stage {metric} {ours:.4f} does not beat {baseline} {theirs:.4f}"
+            )
+    return not reasons, reasons

@@ -1,0 +1,199 @@
+"""The training pipeline: validate -> split -> retrieval -> ranker -> evaluation.
+
+Two phases keep the ranker honest. Phase A fits retrieval on the train window and learns the
+ranker on its candidates, labelled by the validation window. Phase B refits retrieval on all
+events before the test window, recomputes the feature tables at the test cut-off, and pairs them
+with the phase A booster: these are the evaluated (and saved) models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from recsys.data import schema
+from recsys.data.split import Split, chronological_split, random_split
+from recsys.data.validate import ValidationReport, validate_dataset
+from recsys.evaluate import evaluate_models, held_out_relevance, promotion_decision
+from recsys.features import build_feature_tables
+from recsys.ranking import Ranker, RankerConfig, RankingExamples, candidate_features, train_ranker
+from recsys.retrieval import (
+    EmbeddingConfig,
+    IndexConfig,
+    RetrievalConfig,
+    RetrievalModel,
+    train_retrieval,
+)
+from recsys.vocab import Vocabulary
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run's outcome (with the data)."""
+
+    split: Literal["chronological", "random"] = "chronological"
+    ratio: float = 0.75
+    validation_days: float = 14.0
+    test_days: float = 14.0
+    max_reject_ratio: float = 0.05
+    ks: tuple[int, ...] = (5, 10, 20)
+    max_eval_users: int = 10_000
+    seed: int = 0
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """Trained models, their evaluation and how the run went."""
+
+    retrieval: RetrievalModel
+    ranker: Ranker
+    metrics: dict
+    validation: ValidationReport
+    split: dict
+    data_hash: str
+    promotable: bool
+    promotion_reasons: list[str]
+    timings: dict[str, float]
+    config: TrainConfig
+
+
+StageHook = Callable[[str, float | None], None]
+
+
+class StageClock:
+    """Times named stages and reports start (seconds=None) and end to an optional hook."""
+
+    def __init__(self, hook: StageHook | None = None):
+        self.timings: dict[str, float] = {}
+        self._hook = hook
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self._hook:
+            self._hook(name, None)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - start, 3)
+        if self._hook:
+            self._hook(name, self.timings[name])
+
+
+def data_fingerprint(*frames: pd.DataFrame) -> str:
+    """A short content hash of the clean tables (row order included)."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def ranking_examples(
+    retrieval: RetrievalModel,
+    ranker_tables,
+    label_window: pd.DataFrame,
+    config: TrainConfig,
+) -> RankingExamples:
+    """Candidates of users active in the label window, labelled 1 when met in that window."""
+    evaluation = held_out_relevance(
+        label_window, retrieval, max_users=config.ranker.max_training_users, seed=config.seed
+    )
+    features, labels, query = [], [], []
+    for qid, (user_id, relevant) in enumerate(
+        zip(evaluation.user_ids, evaluation.relevant, strict=True)
+    ):
+        user_idx = retrieval.users.index_of(user_id)
+        candidates = retrieval.retrieve_indices(user_idx, config.retrieval.num_candidates)
+        hit = np.isin(candidates.item_idx, list(relevant))
+        if not hit.any():  # a list without positives teaches LambdaMART nothing
+            continue
+        features.append(candidate_features(ranker_tables, user_idx, candidates))
+        labels.append(hit.astype(np.float32))
+        query.append(np.full(len(candidates), qid, dtype=np.int64))
+    if not features:
+        raise ValueError("no user in the validation window has a relevant retrieved candidate")
+    return RankingExamples(np.vstack(features), np.concatenate(labels), np.concatenate(query))
+
+
+def make_split(interactions: pd.DataFrame, config: TrainConfig) -> Split:
+    if config.split == "random":
+        return random_split(interactions, ratio=config.ratio, seed=config.seed)
+    return chronological_split(interactions, config.validation_days, config.test_days)
+
+
+def train_pipeline(
+    interactions: pd.DataFrame,
+    catalog: pd.DataFrame,
+    config: TrainConfig | None = None,
+    rejects_dir: str | None = None,
+    on_stage: StageHook | None = None,
+) -> TrainResult:
+    """Run the whole pipeline on raw tables and return evaluated models."""
+    config = config or TrainConfig()
+    clock = StageClock(on_stage)
+    with clock.stage("validate"):
+        clean = validate_dataset(interactions, catalog, config.max_reject_ratio, rejects_dir)
+        data_hash = data_fingerprint(clean.interactions, clean.catalog)
+        items = Vocabulary(clean.catalog[schema.ITEM_ID].to_numpy())
+        categories = Vocabulary.from_values(clean.catalog[schema.CATEGORY])
+    with clock.stage("split"):
+        split = make_split(clean.interactions, config)
+
+    with clock.stage("retrieval (ranker phase)"):
+        retrieval_a = train_retrieval(
+            split.train, items, split.validation_start, config.embedding, config.index,
+            config.retrieval,
+        )
+        tables_a = build_feature_tables(
+            split.train, clean.catalog, retrieval_a.users, items, categories,
+            split.validation_start,
+        )
+    with clock.stage("ranker"):
+        examples = ranking_examples(retrieval_a, tables_a, split.validation, config)
+        booster, ranker_info = train_ranker(examples, config.ranker)
+
+    with clock.stage("retrieval (final)"):
+        history = split.history_before_test
+        retrieval = train_retrieval(
+            history, items, split.test_start, config.embedding, config.index, config.retrieval
+        )
+        tables = build_feature_tables(
+            history, clean.catalog, retrieval.users, items, categories, split.test_start
+        )
+        ranker = Ranker(booster, tables, retrieval.users, items, config.ranker, ranker_info)
+
+    with clock.stage("evaluate"):
+        evaluation = held_out_relevance(
+            split.test, retrieval, max_users=config.max_eval_users, seed=config.seed
+        )
+        metrics = evaluate_models(
+            retrieval, ranker, evaluation, config.ks, config.retrieval.num_candidates
+        )
+        metrics["index"] = retrieval.stats
+        metrics["ranker"] = {k: v for k, v in ranker_info.items() if k != "feature_importance_gain"}
+        promotable, reasons = promotion_decision(metrics)
+
+    return TrainResult(
+        retrieval=retrieval,
+        ranker=ranker,
+        metrics=metrics,
+        validation=clean.report,
+        split=split.describe(),
+        data_hash=data_hash,
+        promotable=promotable,
+        promotion_reasons=reasons,
+        timings=clock.timings,
+        config=config,
+    )

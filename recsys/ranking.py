@@ -1,0 +1,202 @@
+"""Learning to rank with XGBoost (`rank:ndcg`) over retrieved candidates.
+
+`Ranker` holds the booster and the feature tables; `score` is what the Ranking service calls,
+with one batched prediction per request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import xgboost as xgb
+
+from recsys.features import FEATURE_NAMES, FeatureTables, assemble_features
+from recsys.retrieval import Candidates
+from recsys.vocab import Vocabulary
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """XGBoost LambdaMART settings."""
+
+    n_estimators: int = 300
+    max_depth: int = 6
+    learning_rate: float = 0.1
+    min_child_weight: float = 1.0
+    subsample: float = 0.8
+    colsample_bytree: float = 0.9
+    early_stopping_rounds: int = 30
+    pairs_per_sample: int = 8
+    max_training_users: int = 6000
+    eval_share: float = 0.15
+    seed: int = 0
+
+
+@dataclass
+class RankingExamples:
+    """Feature rows grouped by query (user), with binary relevance labels."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    query: np.ndarray
+
+    @property
+    def n_queries(self) -> int:
+        return len(np.unique(self.query))
+
+
+def candidate_features(
+    tables: FeatureTables, user_idx: int, candidates: Candidates
+) -> np.ndarray:
+    """Feature rows for one user's candidates, ranks taken from retrieval order."""
+    n = len(candidates)
+    return assemble_features(
+        tables,
+        np.full(n, user_idx, dtype=np.int64),
+        candidates.item_idx,
+        candidates.scores,
+        np.arange(n, dtype=np.float32),
+        candidates.from_popular,
+    )
+
+
+def train_ranker(
+    train: RankingExamples, config: RankerConfig
+) -> tuple[xgb.Booster, dict]:
+    """Fit LambdaMART with early stopping on a held-out share of queries."""
+    rng = np.random.default_rng(config.seed)
+    queries = np.unique(train.query)
+    held_out = rng.choice(queries, size=max(1, int(len(queries) * config.eval_share)), replace=False)
+    is_eval = np.isin(train.query, held_out)
+    fit, valid = ~is_eval, is_eval
+    params = {
+        "objective": "rank:ndcg",
+        "eval_metric": "ndcg@10",
+        "tree_method": "hist",
+        "max_depth": config.max_depth,
+        "eta": config.learning_rate,
+        "min_child_weight": config.min_child_weight,
+        "subsample": config.subsample,
+        "colsample_bytree": config.colsample_bytree,
+        "lambdarank_pair_method": "topk",
+        "lambdarank_num_pair_per_sample": config.pairs_per_sample,
+        "seed": config.seed,
+        "nthread": 0,
+    }
+    dtrain = xgb.DMatrix(
+        train.features[fit], label=train.labels[fit], qid=train.query[fit],
+        feature_names=list(FEATURE_NAMES),
+    )
+    dvalid = xgb.DMatrix(
+        train.features[valid], label=train.labels[valid], qid=train.query[valid],
+        feature_names=list(FEATURE_NAMES),
+    )
+    history: dict = {}
+    booster = xgb.train(
+        params,
+        dtrain,
+        num_boost_round=config.n_estimators,
+        evals=[(dvalid, "valid")],
+        early_stopping_rounds=config.early_stopping_rounds,
+        evals_result=history,
+        verbose_eval=False,
+    )
+    curve = history["valid"]["ndcg@10"]
+    info = {
+        "best_iteration": int(booster.best_iteration),
+        "valid_ndcg_at_10": round(float(max(curve)), 5),
+        "training_rows": int(fit.sum()),
+        "training_queries": int(len(queries) - len(held_out)),
+        "feature_importance_gain": {
+            k: round(v, 3) for k, v in booster.get_score(importance_type="gain").items()
+        },
+    }
+    return booster, info
+
+
+@dataclass
+class Ranker:
+    """A trained booster with the feature tables it scores from."""
+
+    booster: xgb.Booster
+    tables: FeatureTables
+    users: Vocabulary
+    items: Vocabulary
+    config: RankerConfig
+    info: dict
+
+    def __post_init__(self) -> None:
+        self._iteration_range = (0, int(self.booster.best_iteration) + 1)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Scores for a feature matrix, using the best iteration found by early stopping."""
+        matrix = xgb.DMatrix(features, feature_names=list(FEATURE_NAMES))
+        return self.booster.predict(matrix, iteration_range=self._iteration_range)
+
+    def score_indices(self, user_idx: int, candidates: Candidates) -> np.ndarray:
+        return self.predict(candidate_features(self.tables, user_idx, candidates))
+
+    def features_for(
+        self, user_id: str, item_ids: list[str], scores: list[float], from_popular: list[bool]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Feature matrix for candidates given by id, and the mask of ids the model knows."""
+        item_idx = self.items.lookup(item_ids)
+        known = item_idx >= 0
+        candidates = Candidates(
+            item_idx[known],
+            np.asarray(scores, dtype=np.float32)[known],
+            np.asarray(from_popular, dtype=bool)[known],
+        )
+        user_idx = self.users.index_of(user_id)
+        features = candidate_features(self.tables, user_idx, candidates)
+        # Ranks follow the order the candidates arrived in, unknown items included.
+        features[:, FEATURE_NAMES.index("retrieval_rank")] = np.flatnonzero(known)
+        return features, known
+
+    def score(
+        self, user_id: str, item_ids: list[str], scores: list[float], from_popular: list[bool]
+    ) -> np.ndarray:
+        """One score per candidate; items unknown to the model get -inf (ranked last)."""
+        features, known = self.features_for(user_id, item_ids, scores, from_popular)
+        out = np.full(len(item_ids), -np.inf, dtype=np.float32)
+        if known.any():
+            out[known] = self.predict(features)
+        return out
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(directory / "booster.ubj")
+        self.tables.save(directory / "feature_tables.npz")
+        self.users.save(directory / "users.npy")
+        self.items.save(directory / "items.npy")
+        (directory / "ranker.json").write_text(
+            json.dumps(
+                {"config": asdict(self.config), "info": self.info, "features": FEATURE_NAMES},
+                indent=2,
+            )
+        )
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Ranker:
+        directory = Path(directory)
+        meta = json.loads((directory / "ranker.json").read_text())
+        if tuple(meta["features"]) != FEATURE_NAMES:
+            raise ValueError(
+                f"ranker was trained on features {meta['features']}, this code builds "
+                f"{list(FEATURE_NAMES)}: retrain or deploy matching code"
+            )
+        booster = xgb.Booster()
+        booster.load_model(directory / "booster.ubj")
+        booster.set_param({"nthread": 1})
+        return cls(
+            booster=booster,
+            tables=FeatureTables.load(directory / "feature_tables.npz"),
+            users=Vocabulary.load(directory / "users.npy"),
+            items=Vocabulary.load(directory / "items.npy"),
+            config=RankerConfig(**meta["config"]),
+            info=meta["info"],
+        )

@@ -1,0 +1,394 @@
+"""Candidate retrieval: ALS/BPR embeddings, ScaNN indexes, trending popularity for cold users.
+
+`RetrievalModel` is plain Python + NumPy + ScaNN (no serving framework): the Retrieval service,
+training and evaluation all call the same `retrieve` code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import scann
+
+from recsys.data import schema
+from recsys.data.validate import to_epoch_seconds
+from recsys.vocab import Vocabulary
+
+SOURCE_ANN = "ann"
+SOURCE_POPULAR = "popular"
+_DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """Matrix-factorisation settings."""
+
+    algorithm: Literal["als", "bpr"] = "als"
+    factors: int = 64
+    iterations: int = 15
+    regularization: float = 0.05
+    alpha: float = 10.0
+    learning_rate: float = 0.01
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """ScaNN settings; `brute_force_below` follows ScaNN's advice for small catalogs."""
+
+    brute_force_below: int = 20_000
+    leaves_per_sqrt_n: float = 1.0
+    leaves_to_search_share: float = 0.1
+    dims_per_block: int = 2
+    anisotropic_threshold: float = 0.2
+    reorder: int = 250
+    training_sample_size: int = 250_000
+    recall_sample: int = 1000
+    recall_k: int = 10
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """How candidates are gathered at request time."""
+
+    num_candidates: int = 200
+    popular_share: float = 0.2
+    cold_user_max_events: int = 2
+    trending_days: float = 14.0
+    trending_half_life_days: float = 3.0
+    popular_list_size: int = 2000
+
+
+def interaction_matrix(
+    history: pd.DataFrame, users: Vocabulary, items: Vocabulary
+) -> sp.csr_matrix:
+    """User x item matrix of log-scaled summed event weights (unknown ids ignored)."""
+    user_idx = users.lookup(history[schema.USER_ID])
+    item_idx = items.lookup(history[schema.ITEM_ID])
+    keep = (user_idx >= 0) & (item_idx >= 0)
+    weights = history[schema.WEIGHT].to_numpy(dtype=np.float32)[keep]
+    matrix = sp.csr_matrix(
+        (weights, (user_idx[keep], item_idx[keep])), shape=(len(users), len(items)), dtype=np.float32
+    )
+    matrix.sum_duplicates()
+    matrix.data = np.log1p(matrix.data)
+    return matrix
+
+
+def train_embeddings(
+    user_items: sp.csr_matrix, config: EmbeddingConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fit ALS (or BPR) with `implicit`; returns float32 (user_factors, item_factors)."""
+    from threadpoolctl import threadpool_limits
+
+    # implicit parallelises over users itself; a multi-threaded BLAS underneath only slows it.
+    with threadpool_limits(limits=1, user_api="blas"):
+        if config.algorithm == "als":
+            from implicit.cpu.als import AlternatingLeastSquares
+
+            model = AlternatingLeastSquares(
+                factors=config.factors,
+                regularization=config.regularization,
+                alpha=config.alpha,
+                iterations=config.iterations,
+                random_state=config.seed,
+                calculate_training_loss=False,
+            )
+        else:
+            from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+            model = BayesianPersonalizedRanking(
+                factors=config.factors,
+                learning_rate=config.learning_rate,
+                regularization=config.regularization,
+                iterations=config.iterations * 10,
+                random_state=config.seed,
+            )
+        model.fit(user_items, show_progress=False)
+    return (
+        np.ascontiguousarray(model.user_factors, dtype=np.float32),
+        np.ascontiguousarray(model.item_factors, dtype=np.float32),
+    )
+
+
+def trending_items(
+    history: pd.DataFrame, items: Vocabulary, as_of: pd.Timestamp, config: RetrievalConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Items ranked by recency-decayed event weight over the trending window, best first."""
+    seconds = to_epoch_seconds(history[schema.TIMESTAMP])
+    as_of_s = to_epoch_seconds(pd.Series([as_of]))[0]
+    age_days = (as_of_s - seconds) / _DAY_S
+    recent = age_days <= config.trending_days
+    item_idx = items.lookup(history[schema.ITEM_ID])
+    recent &= item_idx >= 0
+    decay = np.exp2(-age_days[recent] / config.trending_half_life_days)
+    weights = history[schema.WEIGHT].to_numpy(dtype=np.float64)[recent] * decay
+    scores = np.bincount(item_idx[recent], weights=weights, minlength=len(items))
+    if not recent.any():  # an old log: fall back to all-time counts
+        scores = np.bincount(item_idx[item_idx >= 0], minlength=len(items)).astype(np.float64)
+    order = np.argsort(-scores, kind="stable")[: config.popular_list_size]
+    order = order[scores[order] > 0]
+    return order.astype(np.int64), (scores[order] / max(scores[order[0]], 1e-12)).astype(np.float32)
+
+
+def build_index(vectors: np.ndarray, config: IndexConfig, num_neighbors: int = 10):
+    """A ScaNN searcher for maximum inner product over `vectors`, sized from the catalog."""
+    n = len(vectors)
+    builder = scann.scann_ops_pybind.builder(vectors, num_neighbors, "dot_product")
+    if n < config.brute_force_below:
+        return builder.score_brute_force().build()
+    num_leaves = max(2, int(math.sqrt(n) * config.leaves_per_sqrt_n))
+    leaves_to_search = max(1, int(num_leaves * config.leaves_to_search_share))
+    return (
+        builder.tree(
+            num_leaves=num_leaves,
+            num_leaves_to_search=leaves_to_search,
+            training_sample_size=min(n, config.training_sample_size),
+        )
+        .score_ah(config.dims_per_block, anisotropic_quantization_threshold=config.anisotropic_threshold)
+        .reorder(config.reorder)
+        .build()
+    )
+
+
+def index_kind(n_items: int, config: IndexConfig) -> str:
+    return "brute_force" if n_items < config.brute_force_below else "tree_ah_reorder"
+
+
+def measure_recall(
+    searcher, vectors: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[float, float, float]:
+    """Recall@k of `searcher` against exact search, and both query rates (queries/s)."""
+    start = time.perf_counter()
+    approx, _ = searcher.search_batched(queries, final_num_neighbors=k)
+    ann_qps = len(queries) / max(time.perf_counter() - start, 1e-9)
+    start = time.perf_counter()
+    scores = queries @ vectors.T
+    exact = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    exact_qps = len(queries) / max(time.perf_counter() - start, 1e-9)
+    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True))
+    return hits / (k * len(queries)), ann_qps, exact_qps
+
+
+@dataclass
+class Candidates:
+    """Retrieved items for one user, in retrieval order."""
+
+    item_idx: np.ndarray
+    scores: np.ndarray
+    from_popular: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.item_idx)
+
+
+@dataclass
+class RetrievalModel:
+    """Embeddings, ScaNN indexes, history and trending list: everything retrieval serves from."""
+
+    users: Vocabulary
+    items: Vocabulary
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    seen: sp.csr_matrix
+    popular_idx: np.ndarray
+    popular_scores: np.ndarray
+    config: RetrievalConfig
+    index_config: IndexConfig
+    mips: object = None
+    similar: object = None
+    stats: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.history_counts = np.diff(self.seen.indptr)
+        norms = np.linalg.norm(self.item_factors, axis=1, keepdims=True)
+        self._unit_items = (self.item_factors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    # ---- building -------------------------------------------------------------------------
+    def build_indexes(self, seed: int = 0) -> None:
+        """Build both ScaNN indexes and record their recall against exact search."""
+        start = time.perf_counter()
+        self.mips = build_index(self.item_factors, self.index_config)
+        self.similar = build_index(self._unit_items, self.index_config)
+        build_s = time.perf_counter() - start
+        rng = np.random.default_rng(seed)
+        warm = np.flatnonzero(self.history_counts > 0)
+        sample = rng.choice(warm, size=min(len(warm), self.index_config.recall_sample), replace=False)
+        k = min(self.index_config.recall_k, len(self.items))
+        recall, ann_qps, exact_qps = measure_recall(
+            self.mips, self.item_factors, self.user_factors[sample], k
+        )
+        self.stats = {
+            "index": index_kind(len(self.items), self.index_config),
+            "items": len(self.items),
+            "build_seconds": round(build_s, 3),
+            f"recall_at_{k}_vs_exact": round(recall, 4),
+            "ann_queries_per_s": round(ann_qps, 1),
+            "exact_queries_per_s": round(exact_qps, 1),
+            "recall_queries": len(sample),
+        }
+
+    # ---- queries ---------------------------------------------------------------------------
+    def is_cold(self, user_idx: int) -> bool:
+        return user_idx < 0 or self.history_counts[user_idx] <= self.config.cold_user_max_events
+
+    def seen_items(self, user_idx: int) -> np.ndarray:
+        if user_idx < 0:
+            return np.empty(0, dtype=np.int64)
+        return self.seen.indices[self.seen.indptr[user_idx] : self.seen.indptr[user_idx + 1]]
+
+    def _ann(self, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        count = min(count, len(self.items))
+        neighbours, scores = self.mips.search(
+            query, final_num_neighbors=count, pre_reorder_num_neighbors=max(count * 2, 1)
+        )
+        return neighbours.astype(np.int64), scores
+
+    def retrieve_indices(
+        self,
+        user_idx: int,
+        k: int,
+        exclude: np.ndarray | None = None,
+        exclude_seen: bool = True,
+    ) -> Candidates:
+        """Up to k candidates: ANN for warm users, then trending items to fill the popular share.
+
+        Cold or unknown users (index -1) get trending items only.
+        """
+        blocked = np.empty(0, dtype=np.int64) if exclude is None else np.asarray(exclude, np.int64)
+        if exclude_seen:
+            blocked = np.concatenate([blocked, self.seen_items(user_idx)])
+        n_popular = k if self.is_cold(user_idx) else int(round(k * self.config.popular_share))
+        n_ann = k - n_popular
+        ann_idx = np.empty(0, dtype=np.int64)
+        ann_scores = np.empty(0, dtype=np.float32)
+        if n_ann > 0:
+            found, scores = self._ann(self.user_factors[user_idx], n_ann + len(blocked))
+            keep = ~np.isin(found, blocked)
+            ann_idx, ann_scores = found[keep][:n_ann], scores[keep][:n_ann]
+        fill = k - len(ann_idx)
+        popular_keep = np.flatnonzero(~np.isin(self.popular_idx, np.concatenate([blocked, ann_idx])))
+        popular_keep = popular_keep[:fill]
+        pop_idx = self.popular_idx[popular_keep]
+        if not self.is_cold(user_idx):
+            pop_scores = self.item_factors[pop_idx] @ self.user_factors[user_idx]
+        else:
+            pop_scores = self.popular_scores[popular_keep]
+        return Candidates(
+            np.concatenate([ann_idx, pop_idx]),
+            np.concatenate([ann_scores, pop_scores]).astype(np.float32),
+            np.concatenate([np.zeros(len(ann_idx), bool), np.ones(len(pop_idx), bool)]),
+        )
+
+    def retrieve(
+        self,
+        user_id: str,
+        k: int,
+        exclude_items: list[str] | tuple[str, ...] = (),
+        exclude_seen: bool = True,
+    ) -> list[dict]:
+        """Candidates as dicts `{item_id, score, source}` for a user id (unknown users allowed)."""
+        exclude = self.items.lookup(list(exclude_items)) if exclude_items else None
+        if exclude is not None:
+            exclude = exclude[exclude >= 0]
+        found = self.retrieve_indices(self.users.index_of(user_id), k, exclude, exclude_seen)
+        ids = self.items.ids[found.item_idx]
+        return [
+            {"item_id": item, "score": float(score), "source": SOURCE_POPULAR if pop else SOURCE_ANN}
+            for item, score, pop in zip(ids, found.scores, found.from_popular, strict=True)
+        ]
+
+    def similar_items(self, item_id: str, k: int) -> list[dict] | None:
+        """Items closest to `item_id` by cosine of item embeddings; None for an unknown item."""
+        item_idx = self.items.index_of(item_id)
+        if item_idx < 0:
+            return None
+        count = min(k + 1, len(self.items))
+        found, scores = self.similar.search(self._unit_items[item_idx], final_num_neighbors=count)
+        return [
+            {"item_id": self.items.ids[i], "score": float(s)}
+            for i, s in zip(found.tolist(), scores.tolist(), strict=True)
+            if i != item_idx
+        ][:k]
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.users.save(directory / "users.npy")
+        self.items.save(directory / "items.npy")
+        np.save(directory / "user_factors.npy", self.user_factors)
+        np.save(directory / "item_factors.npy", self.item_factors)
+        sp.save_npz(directory / "seen.npz", self.seen)
+        np.save(directory / "popular_idx.npy", self.popular_idx)
+        np.save(directory / "popular_scores.npy", self.popular_scores)
+        (directory / "retrieval.json").write_text(
+            json.dumps(
+                {
+                    "config": asdict(self.config),
+                    "index_config": asdict(self.index_config),
+                    "stats": self.stats,
+                },
+                indent=2,
+            )
+        )
+        for name, searcher in (("mips", self.mips), ("similar", self.similar)):
+            target = directory / f"scann_{name}"
+            target.mkdir(exist_ok=True)
+            searcher.serialize(str(target))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RetrievalModel:
+        directory = Path(directory)
+        meta = json.loads((directory / "retrieval.json").read_text())
+        model = cls(
+            users=Vocabulary.load(directory / "users.npy"),
+            items=Vocabulary.load(directory / "items.npy"),
+            user_factors=np.load(directory / "user_factors.npy"),
+            item_factors=np.load(directory / "item_factors.npy"),
+            seen=sp.load_npz(directory / "seen.npz").tocsr(),
+            popular_idx=np.load(directory / "popular_idx.npy"),
+            popular_scores=np.load(directory / "popular_scores.npy"),
+            config=RetrievalConfig(**meta["config"]),
+            index_config=IndexConfig(**meta["index_config"]),
+            stats=meta["stats"],
+        )
+        model.mips = scann.scann_ops_pybind.load_searcher(str(directory / "scann_mips"))
+        model.similar = scann.scann_ops_pybind.load_searcher(str(directory / "scann_similar"))
+        return model
+
+
+def train_retrieval(
+    history: pd.DataFrame,
+    items: Vocabulary,
+    as_of: pd.Timestamp,
+    embedding: EmbeddingConfig,
+    index: IndexConfig,
+    config: RetrievalConfig,
+) -> RetrievalModel:
+    """Fit embeddings on `history`, compute trending items at `as_of`, build the ScaNN indexes."""
+    users = Vocabulary.from_values(history[schema.USER_ID])
+    matrix = interaction_matrix(history, users, items)
+    user_factors, item_factors = train_embeddings(matrix, embedding)
+    popular_idx, popular_scores = trending_items(history, items, as_of, config)
+    model = RetrievalModel(
+        users=users,
+        items=items,
+        user_factors=user_factors,
+        item_factors=item_factors,
+        seen=matrix,
+        popular_idx=popular_idx,
+        popular_scores=popular_scores,
+        config=config,
+        index_config=index,
+    )
+    model.build_indexes(seed=embedding.seed)
+    return model
