@@ -70,8 +70,16 @@ def verify_manifest(directory: Path, what: str) -> None:
 
 
 def _flat(value: object) -> object:
-    """Metadata BentoML accepts: JSON round-trip turns tuples and numpy scalars into plain types."""
-    return json.loads(json.dumps(value, default=str))
+    """Metadata BentoML accepts: plain JSON types, tuples as lists, no None values."""
+
+    def drop_none(node: object) -> object:
+        if isinstance(node, dict):
+            return {k: drop_none(v) for k, v in node.items() if v is not None}
+        if isinstance(node, list):
+            return [drop_none(v) for v in node if v is not None]
+        return node
+
+    return drop_none(json.loads(json.dumps(value, default=str)))
 
 
 def save_models(result: TrainResult, report_dir: str | None = None) -> dict[str, str]:
@@ -139,6 +147,13 @@ def resolve_tag(tag: str, name: str) -> str:
     full = tag if ":" in tag else f"{name}:{tag}"
     _, model = _model_dir(full, name)
     return str(model.tag)
+
+
+def model_path(tag: str, name: str) -> tuple[Path, str]:
+    """Directory and full tag of a stored model (`latest` and bare versions resolved)."""
+    full = tag if ":" in tag else f"{name}:{tag}"
+    path, model = _model_dir(full, name)
+    return path, str(model.tag)
 
 
 def load_retrieval_dir(directory: str | Path) -> RetrievalModel:

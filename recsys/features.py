@@ -25,6 +25,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "item_log_pop_7d",
     "item_log_pop_30d",
     "item_log_pop_all",
+    "item_trending",
     "item_trend",
     "item_age_days",
     "item_category",
@@ -36,6 +37,8 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 _DAY_S = 86_400.0
 _NO_HISTORY_DAYS = 365.0
+TRENDING_DAYS = 14.0
+TRENDING_HALF_LIFE_DAYS = 3.0
 
 
 @dataclass
@@ -46,6 +49,7 @@ class FeatureTables:
     item_log_pop_7d: np.ndarray
     item_log_pop_30d: np.ndarray
     item_log_pop_all: np.ndarray
+    item_trending: np.ndarray
     item_age_days: np.ndarray
     item_category: np.ndarray
     user_log_activity: np.ndarray
@@ -101,6 +105,7 @@ def build_feature_tables(
     item_idx = items.lookup(history[schema.ITEM_ID])
     known = (user_idx >= 0) & (item_idx >= 0)
     user_idx, item_idx, seconds = user_idx[known], item_idx[known], seconds[known]
+    weights = history[schema.WEIGHT].to_numpy(dtype=np.float64)[known]
 
     catalog_idx = items.lookup(catalog[schema.ITEM_ID])
     on_vocab = catalog_idx >= 0
@@ -112,6 +117,14 @@ def build_feature_tables(
     pop_7d = _item_window_counts(item_idx, seconds, as_of_s, 7, len(items))
     pop_30d = _item_window_counts(item_idx, seconds, as_of_s, 30, len(items))
     pop_all = _item_window_counts(item_idx, seconds, as_of_s, None, len(items))
+    # Recency-decayed weighted events (3-day half-life over two weeks), as trending lists use.
+    age_days = (as_of_s - seconds) / _DAY_S
+    fresh = age_days <= TRENDING_DAYS
+    trending = np.bincount(
+        item_idx[fresh],
+        weights=weights[fresh] * np.exp2(-age_days[fresh] / TRENDING_HALF_LIFE_DAYS),
+        minlength=len(items),
+    )
     activity = np.bincount(user_idx, minlength=len(users)).astype(np.float32)
     last_seen = np.full(len(users), as_of_s - _NO_HISTORY_DAYS * _DAY_S)
     np.maximum.at(last_seen, user_idx, seconds.astype(np.float64))
@@ -122,6 +135,7 @@ def build_feature_tables(
         item_log_pop_7d=np.log1p(pop_7d),
         item_log_pop_30d=np.log1p(pop_30d),
         item_log_pop_all=np.log1p(pop_all),
+        item_trending=np.log1p(trending).astype(np.float32),
         item_age_days=np.maximum((as_of_s - created_s) / _DAY_S, 0.0).astype(np.float32),
         item_category=item_category,
         user_log_activity=np.log1p(activity),
@@ -161,6 +175,7 @@ def assemble_features(
         pop_7d,
         pop_30d,
         tables.item_log_pop_all[item_idx],
+        tables.item_trending[item_idx],
         pop_7d - pop_30d,
         tables.item_age_days[item_idx],
         category.astype(np.float32),

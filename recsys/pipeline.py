@@ -148,13 +148,14 @@ def train_pipeline(
         data_hash = data_fingerprint(clean.interactions, clean.catalog)
         items = Vocabulary(clean.catalog[schema.ITEM_ID].to_numpy())
         categories = Vocabulary.from_values(clean.catalog[schema.CATEGORY])
+        item_categories = clean.catalog[schema.CATEGORY].to_numpy(dtype=object)
     with clock.stage("split"):
         split = make_split(clean.interactions, config)
 
     with clock.stage("retrieval (ranker phase)"):
         retrieval_a = train_retrieval(
-            split.train, items, split.validation_start, config.embedding, config.index,
-            config.retrieval,
+            split.train, items, item_categories, split.validation_start, config.embedding,
+            config.index, config.retrieval,
         )
         tables_a = build_feature_tables(
             split.train, clean.catalog, retrieval_a.users, items, categories,
@@ -167,7 +168,8 @@ def train_pipeline(
     with clock.stage("retrieval (final)"):
         history = split.history_before_test
         retrieval = train_retrieval(
-            history, items, split.test_start, config.embedding, config.index, config.retrieval
+            history, items, item_categories, split.test_start, config.embedding, config.index,
+            config.retrieval,
         )
         tables = build_feature_tables(
             history, clean.catalog, retrieval.users, items, categories, split.test_start

@@ -22,10 +22,12 @@ from recsys.vocab import Vocabulary
 class RankerConfig:
     """XGBoost LambdaMART settings."""
 
-    n_estimators: int = 300
-    max_depth: int = 6
-    learning_rate: float = 0.1
-    min_child_weight: float = 1.0
+    objective: str = "rank:ndcg"
+    pair_method: str = "mean"
+    n_estimators: int = 600
+    max_depth: int = 4
+    learning_rate: float = 0.05
+    min_child_weight: float = 20.0
     subsample: float = 0.8
     colsample_bytree: float = 0.9
     early_stopping_rounds: int = 30
@@ -73,7 +75,7 @@ def train_ranker(
     is_eval = np.isin(train.query, held_out)
     fit, valid = ~is_eval, is_eval
     params = {
-        "objective": "rank:ndcg",
+        "objective": config.objective,
         "eval_metric": "ndcg@10",
         "tree_method": "hist",
         "max_depth": config.max_depth,
@@ -81,7 +83,7 @@ def train_ranker(
         "min_child_weight": config.min_child_weight,
         "subsample": config.subsample,
         "colsample_bytree": config.colsample_bytree,
-        "lambdarank_pair_method": "topk",
+        "lambdarank_pair_method": config.pair_method,
         "lambdarank_num_pair_per_sample": config.pairs_per_sample,
         "seed": config.seed,
         "nthread": 0,

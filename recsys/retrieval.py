@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from recsys.vocab import Vocabulary
 
 SOURCE_ANN = "ann"
 SOURCE_POPULAR = "popular"
+POPULAR_FILE = "popular.json"
 _DAY_S = 86_400.0
 
 
@@ -46,7 +48,7 @@ class IndexConfig:
 
     brute_force_below: int = 20_000
     leaves_per_sqrt_n: float = 1.0
-    leaves_to_search_share: float = 0.1
+    leaves_to_search_share: float = 0.2
     dims_per_block: int = 2
     anisotropic_threshold: float = 0.2
     reorder: int = 250
@@ -152,6 +154,9 @@ def build_index(vectors: np.ndarray, config: IndexConfig, num_neighbors: int = 1
             num_leaves=num_leaves,
             num_leaves_to_search=leaves_to_search,
             training_sample_size=min(n, config.training_sample_size),
+            # k-means++ seeding is unseeded in ScaNN; the deterministic init keeps builds
+            # reproducible (same data and seed -> same index -> same metrics).
+            random_init=False,
         )
         .score_ah(config.dims_per_block, anisotropic_quantization_threshold=config.anisotropic_threshold)
         .reorder(config.reorder)
@@ -176,6 +181,30 @@ def measure_recall(
     exact_qps = len(queries) / max(time.perf_counter() - start, 1e-9)
     hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True))
     return hits / (k * len(queries)), ann_qps, exact_qps
+
+
+_ASSET_PATH = re.compile(r'asset_path: "([^"]*)"')
+
+
+def save_searcher(searcher, directory: Path) -> None:
+    """Serialize a ScaNN searcher with asset paths relative to its directory.
+
+    ScaNN writes absolute paths into scann_assets.pbtxt, which break as soon as the artifact
+    is moved (into the model store, a Bento, an image).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    searcher.serialize(str(directory))
+    assets = directory / "scann_assets.pbtxt"
+    text = _ASSET_PATH.sub(lambda m: f'asset_path: "{Path(m.group(1)).name}"', assets.read_text())
+    assets.write_text(text)
+
+
+def load_searcher(directory: Path):
+    """Load a searcher saved by `save_searcher`, wherever its directory now is."""
+    text = (directory / "scann_assets.pbtxt").read_text()
+    text = _ASSET_PATH.sub(lambda m: f'asset_path: "{directory / Path(m.group(1)).name}"', text)
+    pybind = scann.scann_ops_pybind
+    return pybind.ScannSearcher(pybind.scann_pybind.ScannNumpy(str(directory), text), None)
 
 
 @dataclass
@@ -203,6 +232,7 @@ class RetrievalModel:
     popular_scores: np.ndarray
     config: RetrievalConfig
     index_config: IndexConfig
+    item_categories: np.ndarray | None = None
     mips: object = None
     similar: object = None
     stats: dict = field(default_factory=dict)
@@ -300,11 +330,31 @@ class RetrievalModel:
         if exclude is not None:
             exclude = exclude[exclude >= 0]
         found = self.retrieve_indices(self.users.index_of(user_id), k, exclude, exclude_seen)
-        ids = self.items.ids[found.item_idx]
+        return self.describe(found)
+
+    def category_of(self, item_idx: np.ndarray) -> list[str]:
+        if self.item_categories is None:
+            return [""] * len(item_idx)
+        return self.item_categories[item_idx].tolist()
+
+    def describe(self, found: Candidates) -> list[dict]:
+        """Candidates as dicts `{item_id, score, source, category}`."""
+        ids = self.items.ids[found.item_idx].tolist()
+        categories = self.category_of(found.item_idx)
+        sources = np.where(found.from_popular, SOURCE_POPULAR, SOURCE_ANN).tolist()
         return [
-            {"item_id": item, "score": float(score), "source": SOURCE_POPULAR if pop else SOURCE_ANN}
-            for item, score, pop in zip(ids, found.scores, found.from_popular, strict=True)
+            {"item_id": item, "score": score, "source": source, "category": category}
+            for item, score, source, category in zip(
+                ids, found.scores.tolist(), sources, categories, strict=True
+            )
         ]
+
+    def popular_list(self, k: int) -> list[dict]:
+        """The first k trending items, for callers that must answer without this model."""
+        top = self.popular_idx[:k]
+        return self.describe(
+            Candidates(top, self.popular_scores[:k], np.ones(len(top), dtype=bool))
+        )
 
     def similar_items(self, item_id: str, k: int) -> list[dict] | None:
         """Items closest to `item_id` by cosine of item embeddings; None for an unknown item."""
@@ -313,11 +363,15 @@ class RetrievalModel:
             return None
         count = min(k + 1, len(self.items))
         found, scores = self.similar.search(self._unit_items[item_idx], final_num_neighbors=count)
+        keep = [pos for pos, i in enumerate(found.tolist()) if i != item_idx][:k]
+        found = found[keep].astype(np.int64)
+        categories = self.category_of(found)
         return [
-            {"item_id": self.items.ids[i], "score": float(s)}
-            for i, s in zip(found.tolist(), scores.tolist(), strict=True)
-            if i != item_idx
-        ][:k]
+            {"item_id": self.items.ids[i], "score": score, "category": category}
+            for i, score, category in zip(
+                found.tolist(), scores[keep].tolist(), categories, strict=True
+            )
+        ]
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -330,6 +384,10 @@ class RetrievalModel:
         sp.save_npz(directory / "seen.npz", self.seen)
         np.save(directory / "popular_idx.npy", self.popular_idx)
         np.save(directory / "popular_scores.npy", self.popular_scores)
+        if self.item_categories is not None:
+            np.save(directory / "item_categories.npy", self.item_categories.astype(str))
+        # A small, dependency-free fallback list the gateway reads without loading the model.
+        (directory / POPULAR_FILE).write_text(json.dumps(self.popular_list(500)))
         (directory / "retrieval.json").write_text(
             json.dumps(
                 {
@@ -340,10 +398,8 @@ class RetrievalModel:
                 indent=2,
             )
         )
-        for name, searcher in (("mips", self.mips), ("similar", self.similar)):
-            target = directory / f"scann_{name}"
-            target.mkdir(exist_ok=True)
-            searcher.serialize(str(target))
+        save_searcher(self.mips, directory / "scann_mips")
+        save_searcher(self.similar, directory / "scann_similar")
 
     @classmethod
     def load(cls, directory: str | Path) -> RetrievalModel:
@@ -357,18 +413,22 @@ class RetrievalModel:
             seen=sp.load_npz(directory / "seen.npz").tocsr(),
             popular_idx=np.load(directory / "popular_idx.npy"),
             popular_scores=np.load(directory / "popular_scores.npy"),
+            item_categories=np.load(directory / "item_categories.npy").astype(object)
+            if (directory / "item_categories.npy").exists()
+            else None,
             config=RetrievalConfig(**meta["config"]),
             index_config=IndexConfig(**meta["index_config"]),
             stats=meta["stats"],
         )
-        model.mips = scann.scann_ops_pybind.load_searcher(str(directory / "scann_mips"))
-        model.similar = scann.scann_ops_pybind.load_searcher(str(directory / "scann_similar"))
+        model.mips = load_searcher(directory / "scann_mips")
+        model.similar = load_searcher(directory / "scann_similar")
         return model
 
 
 def train_retrieval(
     history: pd.DataFrame,
     items: Vocabulary,
+    item_categories: np.ndarray | None,
     as_of: pd.Timestamp,
     embedding: EmbeddingConfig,
     index: IndexConfig,
@@ -389,6 +449,7 @@ def train_retrieval(
         popular_scores=popular_scores,
         config=config,
         index_config=index,
+        item_categories=item_categories,
     )
     model.build_indexes(seed=embedding.seed)
     return model

@@ -1,0 +1,166 @@
+"""Serving logic shared by the BentoML services, free of any framework import.
+
+Settings, request field types, the re-ranking step and the fault-injection knobs live here so
+they can be unit tested without a server; `services/` only wires them to HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Sequence
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]*$"
+MAX_ID_LENGTH = 128
+
+UserId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN),
+    Field(description="User id: letters, digits and _ . : @ -, at most 128 characters."),
+]
+ItemId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN),
+    Field(description="Item id: letters, digits and _ . : @ -, at most 128 characters."),
+]
+
+
+class ServingSettings(BaseSettings):
+    """Every serving knob, overridable by a `RECSYS_<NAME>` environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="ignore")
+
+    retrieval_model_tag: str = Field(
+        "recsys-retrieval:latest", description="BentoML tag of the retrieval model."
+    )
+    ranking_model_tag: str = Field(
+        "recsys-ranking:latest", description="BentoML tag of the ranking model."
+    )
+    num_candidates: int = Field(200, ge=10, le=2000, description="Candidates retrieved per request.")
+    category_cap: int = Field(
+        3, ge=0, description="Most items of one category in a top-k list (0 turns the cap off)."
+    )
+    max_k: int = Field(100, ge=1, le=1000, description="Largest k a caller may ask for.")
+    max_exclude_items: int = Field(500, ge=0, description="Longest exclude_items list accepted.")
+    max_batch_users: int = Field(64, ge=1, description="Most users in one recommend_batch call.")
+    max_request_bytes: int = Field(262_144, ge=1024, description="Largest request body accepted.")
+    retrieval_timeout_s: float = Field(0.5, gt=0, description="Gateway timeout for retrieval.")
+    ranking_timeout_s: float = Field(0.5, gt=0, description="Gateway timeout for ranking.")
+    request_timeout_s: float = Field(10.0, gt=0, description="BentoML traffic timeout per request.")
+    workers: int = Field(1, ge=1, description="BentoML worker processes per service.")
+    track: str = Field("stable", description="Deployment track reported in responses and metrics.")
+    fault_latency_ms: float = Field(0.0, ge=0, description="TEST ONLY: added latency per call.")
+    fault_error_rate: float = Field(
+        0.0, ge=0, le=1, description="TEST ONLY: share of calls that fail with an error."
+    )
+    fault_load_delay_s: float = Field(
+        0.0, ge=0, description="TEST ONLY: extra delay before the model counts as loaded."
+    )
+
+
+class InjectedFault(RuntimeError):
+    """A failure produced on purpose by the fault-injection settings."""
+
+
+async def inject_faults(settings: ServingSettings) -> None:
+    """Apply the test-only latency and error settings (no-ops at their defaults)."""
+    if settings.fault_latency_ms > 0:
+        await asyncio.sleep(settings.fault_latency_ms / 1000.0)
+    if settings.fault_error_rate > 0 and random.random() < settings.fault_error_rate:
+        raise InjectedFault("injected fault (RECSYS_FAULT_ERROR_RATE)")
+
+
+def cap_categories(items: Sequence[dict], k: int, cap: int) -> list[dict]:
+    """Top k of a ranked list with at most `cap` items per category.
+
+    Items over the cap are set aside and used, in rank order, only when the list would
+    otherwise be shorter than k: diversity never costs the caller items. `cap=0` disables it.
+    """
+    if cap <= 0:
+        return list(items[:k])
+    taken: list[dict] = []
+    overflow: list[dict] = []
+    per_category: Counter[str] = Counter()
+    for item in items:
+        if len(taken) == k:
+            break
+        category = item.get("category") or ""
+        if category and per_category[category] >= cap:
+            overflow.append(item)
+            continue
+        per_category[category] += 1
+        taken.append(item)
+    if len(taken) < k:
+        taken.extend(overflow[: k - len(taken)])
+    return taken
+
+
+class ModelNotReady(RuntimeError):
+    """The service's model is still loading, or failed to load."""
+
+
+class BackgroundModel:
+    """Loads a model in a thread and runs a self-test; ready only when both succeeded.
+
+    The server answers `/livez` while the index loads, and `/readyz` turns true only after
+    the self-test query passed, so Kubernetes sends no traffic to a half-loaded model.
+    """
+
+    def __init__(self, name: str, load, self_test, delay_s: float = 0.0) -> None:
+        import logging
+        import threading
+
+        self.name = name
+        self.model = None
+        self.version = ""
+        self.error: str | None = None
+        self._ready = threading.Event()
+        self._log = logging.getLogger(f"recsys.{name}")
+
+        def run() -> None:
+            import time
+
+            try:
+                if delay_s:
+                    time.sleep(delay_s)
+                model, version = load()
+                self_test(model)
+            except Exception as exc:  # stays unready; the reason is logged once and kept
+                self.error = f"{type(exc).__name__}: {exc}"
+                self._log.error("%s model failed to load, staying unready: %s", name, self.error)
+                return
+            self.model, self.version = model, version
+            self._ready.set()
+            self._log.info("%s model %s loaded and self-tested", name, version)
+
+        self._thread = threading.Thread(target=run, name=f"load-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def get(self):
+        """The loaded model, or ModelNotReady saying why there is none."""
+        if not self._ready.is_set():
+            why = self.error or "still loading"
+            raise ModelNotReady(f"{self.name} model is not ready: {why}")
+        return self.model
+
+
+def fallback_reason(exc: BaseException) -> str:
+    """A short, bounded label for why a dependency call failed (used in metrics)."""
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    name = type(exc).__name__.lower()
+    if "connect" in name or isinstance(exc, ConnectionError | OSError):
+        return "unavailable"
+    return "error"

@@ -1,0 +1,1 @@
+"""BentoML services: Retrieval, Ranking and the Recommender gateway (thin wrappers of recsys)."""

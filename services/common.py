@@ -1,0 +1,69 @@
+"""Pieces every service shares: settings, metrics, request-size limit, error responses."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import bentoml
+
+from recsys.serving import ServingSettings
+
+SETTINGS = ServingSettings()
+logger = logging.getLogger("recsys.services")
+
+FALLBACKS = bentoml.metrics.Counter(
+    name="recsys_fallback_total",
+    documentation="Responses served by a fallback, by failed stage and reason.",
+    labelnames=["stage", "reason"],
+)
+MODEL_INFO = bentoml.metrics.Gauge(
+    name="recsys_model_info",
+    documentation="1 for the model version a service is serving, by service and track.",
+    labelnames=["service", "model_version", "track"],
+)
+
+
+# Latency buckets fine enough around the SLOs (tens of milliseconds) for p95/p99 estimates.
+LATENCY_BUCKETS = [
+    0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.15, 0.2, 0.3,
+    0.5, 1.0, 2.5, 5.0, 10.0,
+]
+
+
+def service_config(**extra) -> dict:
+    """BentoML service options every service shares (workers, timeout, metric buckets)."""
+    return {
+        "workers": SETTINGS.workers,
+        "traffic": {"timeout": SETTINGS.request_timeout_s},
+        "metrics": {"enabled": True, "duration": {"buckets": LATENCY_BUCKETS}},
+        **extra,
+    }
+
+
+class RequestSizeLimit:
+    """ASGI middleware: bodies over the limit get 413 before they are read."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                body = json.dumps(
+                    {"error": f"request body is {int(length)} bytes; the limit is "
+                              f"{self.max_bytes} bytes (RECSYS_MAX_REQUEST_BYTES)"}
+                ).encode()
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def bad_request(ctx: bentoml.Context, message: str, status: int = 400) -> dict:
+    """Set an error status on the response and return the error body."""
+    ctx.response.status_code = status
+    return {"error": message}

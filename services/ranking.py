@@ -1,0 +1,92 @@
+"""Ranking service: XGBoost LambdaMART scores for retrieved candidates, one batch per request."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import bentoml
+import numpy as np
+from pydantic import BaseModel, Field, field_validator
+
+from recsys.artifacts import load_ranker
+from recsys.serving import BackgroundModel, ItemId, ModelNotReady, UserId, inject_faults
+from services.common import MODEL_INFO, SETTINGS, RequestSizeLimit, bad_request, service_config
+
+MAX_CANDIDATES = 2000
+
+
+class Candidate(BaseModel):
+    """One retrieved item, as the Retrieval service returns it."""
+
+    item_id: ItemId
+    score: float = 0.0
+    source: Literal["ann", "popular"] = "ann"
+    category: Annotated[str, Field(max_length=128)] = ""
+
+    @field_validator("score")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("score must be a finite number")
+        return value
+
+
+def _self_test(ranker) -> None:
+    ids = ranker.items.ids[:5].tolist()
+    scores = ranker.score("__readiness_probe__", ids, [0.0] * len(ids), [True] * len(ids))
+    if not np.isfinite(scores).all():
+        raise RuntimeError("self-test: ranker returned non-finite scores")
+
+
+@bentoml.service(name="Ranking", **service_config())
+class Ranking:
+    model_ref = bentoml.models.BentoModel(SETTINGS.ranking_model_tag)
+
+    def __init__(self) -> None:
+        self.loaded = BackgroundModel(
+            "ranking", lambda: load_ranker(SETTINGS.ranking_model_tag), _self_test,
+            SETTINGS.fault_load_delay_s,
+        )
+
+    def __is_ready__(self) -> bool:
+        if self.loaded.ready:
+            MODEL_INFO.labels("Ranking", self.loaded.version, SETTINGS.track).set(1)
+        return self.loaded.ready
+
+    @bentoml.api
+    async def rank(
+        self,
+        user_id: UserId,
+        candidates: Annotated[list[Candidate], Field(max_length=MAX_CANDIDATES)],
+        ctx: bentoml.Context = None,
+    ) -> dict:
+        """The candidates re-ordered by the ranker's score (unknown items last)."""
+        try:
+            ranker = self.loaded.get()
+        except ModelNotReady as exc:
+            return bad_request(ctx, str(exc), status=503)
+        await inject_faults(SETTINGS)
+        if not candidates:
+            return {"items": [], "model_version": self.loaded.version}
+        scores = ranker.score(
+            user_id,
+            [c.item_id for c in candidates],
+            [c.score for c in candidates],
+            [c.source == "popular" for c in candidates],
+        )
+        order = np.argsort(-scores, kind="stable")
+        items = [
+            {
+                "item_id": candidates[i].item_id,
+                "score": float(scores[i]) if np.isfinite(scores[i]) else None,
+                "retrieval_score": candidates[i].score,
+                "source": candidates[i].source,
+                "category": candidates[i].category,
+            }
+            for i in order.tolist()
+        ]
+        return {"items": items, "model_version": self.loaded.version}
+
+
+Ranking.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)

@@ -1,0 +1,82 @@
+"""Retrieval service: ScaNN candidates for known users, trending items for cold ones."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import bentoml
+from pydantic import Field
+
+from recsys.artifacts import load_retrieval
+from recsys.serving import BackgroundModel, ItemId, ModelNotReady, UserId, inject_faults
+from services.common import MODEL_INFO, SETTINGS, RequestSizeLimit, bad_request, service_config
+
+MAX_CANDIDATES = 2000
+
+
+def _self_test(model) -> None:
+    """A cold and a warm query must both return candidates before the service is ready."""
+    if not model.retrieve("__readiness_probe__", 10):
+        raise RuntimeError("self-test: no candidates for an unknown user")
+    if len(model.users) and not model.retrieve(str(model.users.ids[0]), 10):
+        raise RuntimeError("self-test: no candidates for a known user")
+
+
+@bentoml.service(name="Retrieval", **service_config())
+class Retrieval:
+    model_ref = bentoml.models.BentoModel(SETTINGS.retrieval_model_tag)
+
+    def __init__(self) -> None:
+        self.loaded = BackgroundModel(
+            "retrieval", lambda: load_retrieval(SETTINGS.retrieval_model_tag), _self_test,
+            SETTINGS.fault_load_delay_s,
+        )
+
+    def __is_ready__(self) -> bool:
+        if self.loaded.ready:
+            MODEL_INFO.labels("Retrieval", self.loaded.version, SETTINGS.track).set(1)
+        return self.loaded.ready
+
+    @bentoml.api
+    async def retrieve(
+        self,
+        user_id: UserId,
+        k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES)] = 200,
+        exclude_items: Annotated[list[ItemId], Field(max_length=SETTINGS.max_exclude_items)] = [],  # noqa: B006
+        exclude_seen: bool = True,
+        ctx: bentoml.Context = None,
+    ) -> dict:
+        """Candidates `[{item_id, score, source, category}]` for a user (unknown users allowed)."""
+        try:
+            model = self.loaded.get()
+        except ModelNotReady as exc:
+            return bad_request(ctx, str(exc), status=503)
+        await inject_faults(SETTINGS)
+        candidates = model.retrieve(user_id, k, exclude_items, exclude_seen)
+        return {
+            "candidates": candidates,
+            "cold_start": model.is_cold(model.users.index_of(user_id)),
+            "model_version": self.loaded.version,
+        }
+
+    @bentoml.api
+    async def similar_items(
+        self,
+        item_id: ItemId,
+        k: Annotated[int, Field(ge=1, le=SETTINGS.max_k)] = 10,
+        ctx: bentoml.Context = None,
+    ) -> dict:
+        """Items nearest to `item_id` by embedding cosine; trending items for unknown items."""
+        try:
+            model = self.loaded.get()
+        except ModelNotReady as exc:
+            return bad_request(ctx, str(exc), status=503)
+        await inject_faults(SETTINGS)
+        items = model.similar_items(item_id, k)
+        if items is None:
+            return {"items": model.popular_list(k), "source": "popular",
+                    "reason": "unknown_item", "model_version": self.loaded.version}
+        return {"items": items, "source": "ann", "model_version": self.loaded.version}
+
+
+Retrieval.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)

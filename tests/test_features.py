@@ -1,0 +1,69 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.data import schema
+from recsys.features import FEATURE_NAMES, build_feature_tables
+from recsys.ranking import Ranker
+from recsys.vocab import Vocabulary
+
+
+def _vocabs(events, catalog):
+    return (
+        Vocabulary.from_values(events[schema.USER_ID]),
+        Vocabulary(catalog[schema.ITEM_ID].to_numpy()),
+        Vocabulary.from_values(catalog[schema.CATEGORY]),
+    )
+
+
+def test_history_after_cutoff_is_refused(tiny_data):
+    events, catalog = tiny_data.interactions, tiny_data.catalog
+    users, items, cats = _vocabs(events, catalog)
+    cutoff = events[schema.TIMESTAMP].iloc[len(events) // 2]
+    with pytest.raises(ValueError, match="leakage"):
+        build_feature_tables(events, catalog, users, items, cats, cutoff)
+
+
+def test_tables_reflect_only_the_past(tiny_data):
+    events, catalog = tiny_data.interactions, tiny_data.catalog
+    cutoff = events[schema.TIMESTAMP].iloc[len(events) // 2]
+    past = events[events[schema.TIMESTAMP] < cutoff]
+    users, items, cats = _vocabs(past, catalog)
+    tables = build_feature_tables(past, catalog, users, items, cats, cutoff)
+    counts = past[schema.ITEM_ID].value_counts()
+    top = counts.index[0]
+    assert tables.item_log_pop_all[items.index_of(top)] == pytest.approx(np.log1p(counts.iloc[0]))
+    last_week = past[past[schema.TIMESTAMP] >= cutoff - pd.Timedelta(days=7)]
+    week = (last_week[schema.ITEM_ID] == top).sum()
+    assert tables.item_log_pop_7d[items.index_of(top)] == pytest.approx(np.log1p(week))
+    shares = tables.user_category_share
+    active = shares.sum(axis=1) > 0
+    assert np.allclose(shares[active].sum(axis=1), 1.0)
+
+
+def test_serving_features_equal_training_features(tiny_result, tmp_path):
+    """The Ranking service path (ids in, loaded artifact) equals the training path (indices)."""
+    from recsys.ranking import candidate_features
+
+    retrieval, ranker = tiny_result.retrieval, tiny_result.ranker
+    ranker.save(tmp_path / "ranker")
+    served = Ranker.load(tmp_path / "ranker")
+    warm_user = next(u for u in range(len(retrieval.users)) if not retrieval.is_cold(u))
+    for user_idx in (warm_user, -1):
+        user_id = retrieval.users.ids[user_idx] if user_idx >= 0 else "never-seen-user"
+        candidates = retrieval.retrieve_indices(user_idx, 50)
+        training = candidate_features(ranker.tables, user_idx, candidates)
+        serving, known = served.features_for(
+            user_id,
+            retrieval.items.ids[candidates.item_idx].tolist(),
+            candidates.scores.tolist(),
+            candidates.from_popular.tolist(),
+        )
+        assert known.all()
+        np.testing.assert_array_equal(serving, training)
+        assert training.shape == (len(candidates), len(FEATURE_NAMES))
+        np.testing.assert_allclose(
+            served.score(user_id, retrieval.items.ids[candidates.item_idx].tolist(),
+                         candidates.scores.tolist(), candidates.from_popular.tolist()),
+            ranker.predict(training), rtol=1e-6,
+        )
