@@ -41,6 +41,16 @@ def service_config(**extra) -> dict:
     }
 
 
+def packed_model(tag: str):
+    """Reference a stored model so `bentoml build` packs it into the Bento.
+
+    A tag that is not in the store yields None instead of failing the import: the service
+    then starts, reports the missing model in its log and stays unready.
+    """
+    reference = bentoml.models.BentoModel(tag)
+    return reference if reference.stored is not None else None
+
+
 class RequestSizeLimit:
     """ASGI middleware: bodies over the limit get 413 before they are read."""
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from recsys.artifacts import load_ranker
 from recsys.serving import BackgroundModel, ItemId, ModelNotReady, UserId, inject_faults
-from services.common import MODEL_INFO, SETTINGS, RequestSizeLimit, bad_request, service_config
+from services.common import MODEL_INFO, SETTINGS, RequestSizeLimit, bad_request, packed_model, service_config
 
 MAX_CANDIDATES = 2000
 
@@ -41,7 +41,7 @@ def _self_test(ranker) -> None:
 
 @bentoml.service(name="Ranking", **service_config())
 class Ranking:
-    model_ref = bentoml.models.BentoModel(SETTINGS.ranking_model_tag)
+    model_ref = packed_model(SETTINGS.ranking_model_tag)
 
     def __init__(self) -> None:
         self.loaded = BackgroundModel(

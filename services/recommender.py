@@ -122,6 +122,18 @@ class Recommender:
         }
 
     @bentoml.api
+    async def stages(self) -> dict:
+        """Readiness of each stage as the gateway sees it (the gateway itself stays ready)."""
+        retrieval, ranking = await asyncio.gather(
+            self.retrieval.is_ready(2), self.ranking.is_ready(2), return_exceptions=True
+        )
+        return {
+            "retrieval": retrieval is True,
+            "ranking": ranking is True,
+            "popularity_fallback": self.popular.ready,
+        }
+
+    @bentoml.api
     async def recommend(
         self,
         user_id: UserId,

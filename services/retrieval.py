@@ -9,7 +9,7 @@ from pydantic import Field
 
 from recsys.artifacts import load_retrieval
 from recsys.serving import BackgroundModel, ItemId, ModelNotReady, UserId, inject_faults
-from services.common import MODEL_INFO, SETTINGS, RequestSizeLimit, bad_request, service_config
+from services.common import MODEL_INFO, SETTINGS, RequestSizeLimit, bad_request, packed_model, service_config
 
 MAX_CANDIDATES = 2000
 
@@ -24,7 +24,7 @@ def _self_test(model) -> None:
 
 @bentoml.service(name="Retrieval", **service_config())
 class Retrieval:
-    model_ref = bentoml.models.BentoModel(SETTINGS.retrieval_model_tag)
+    model_ref = packed_model(SETTINGS.retrieval_model_tag)
 
     def __init__(self) -> None:
         self.loaded = BackgroundModel(

@@ -140,6 +140,8 @@ def test_histogram_buckets_include_every_slo_threshold(chart, helpers, slo):
         "duration"
     ]["buckets"]
     assert buckets == sorted(set(buckets)), "prometheus_client needs sorted, distinct bounds"
+    # BentoML's config schema takes floats only: a bare `1` stops the server at start.
+    assert all(isinstance(bound, float) for bound in buckets)
     for endpoint in slo["endpoints"].values():
         for key in ("p95_ms", "p99_ms"):
             assert any(math.isclose(b, endpoint[key] / 1000) for b in buckets), (key, endpoint[key])

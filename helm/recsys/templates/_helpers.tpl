@@ -274,6 +274,8 @@ recsys.durationBuckets: JSON list of histogram bounds (seconds): metrics.duratio
 plus every p95/p99 threshold of the SLO file, sorted and de-duplicated.
 prometheus_client refuses unsorted buckets and Sprig has no numeric sort, so the
 numbers are zero-padded to equal width, sorted as strings and parsed back.
+Every bound is written with a decimal point ("1.0", not "1"): BentoML's config
+schema accepts only floats in metrics.duration.buckets and refuses to start otherwise.
 */}}
 {{- define "recsys.durationBuckets" -}}
 {{- $slo := include "recsys.slo" . | fromYaml }}
@@ -287,21 +289,24 @@ numbers are zero-padded to equal width, sorted as strings and parsed back.
 {{- end }}
 {{- $bounds := list }}
 {{- range (sortAlpha (uniq $keys)) }}
-{{- $bounds = append $bounds (float64 .) }}
+{{- $text := printf "%v" (float64 .) }}
+{{- if not (regexMatch "[.eE]" $text) }}
+{{- $text = printf "%s.0" $text }}
 {{- end }}
-{{- toJson $bounds }}
+{{- $bounds = append $bounds $text }}
+{{- end }}
+{{- printf "[%s]" (join "," $bounds) }}
 {{- end }}
 
 {{/*
 recsys.bentomlConfig: BENTOML_CONFIG_OVERRIDES for one component, a JSON object
 deep-merged by BentoML over the service's own config: the worker count and the
-latency histogram buckets of the served service.
+latency histogram buckets of the served service. Written by hand rather than
+with toJson, which would print whole-number floats as integers (see above).
 */}}
 {{- define "recsys.bentomlConfig" -}}
 {{- $c := index .root.Values .component }}
-{{- $buckets := include "recsys.durationBuckets" .root | fromJsonArray }}
-{{- $svc := dict "workers" (int (include "recsys.workers" .)) "metrics" (dict "duration" (dict "buckets" $buckets)) }}
-{{- toJson (dict "services" (dict $c.serviceName $svc)) }}
+{{- printf "{\"services\":{%s:{\"workers\":%d,\"metrics\":{\"duration\":{\"buckets\":%s}}}}}" (toJson $c.serviceName) (int (include "recsys.workers" .)) (include "recsys.durationBuckets" .root) }}
 {{- end }}
 
 {{/*

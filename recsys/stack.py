@@ -1,0 +1,188 @@
+"""Start and stop the serving stack as real processes on 127.0.0.1.
+
+Used by `recsys serve`, the tests, the load tests and the canary rehearsal. Two forms:
+
+- `serve_all`: one `bentoml serve` that runs the gateway and both stages (local development).
+- `serve_split`: each service in its own process, as in Kubernetes: the stages with
+  `start-http-server --service-name <Name>`, the gateway with `--depends <Name>=<url>`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GATEWAY = "services.recommender:Recommender"
+STAGES = ("Retrieval", "Ranking")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """Status code of a GET, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+@dataclass
+class ServerProcess:
+    """One server process (and its children), its port and its log file."""
+
+    name: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    env: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Block until /readyz answers 200; raise with the log tail when it never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited early:\n{self.log()[-3000:]}")
+            if http_status(f"{self.url}/readyz") == 200:
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    def wait_stages(self, timeout: float = 90.0) -> None:
+        """Block until the gateway reports every stage ready (its `/stages` endpoint)."""
+        import json
+
+        deadline = time.monotonic() + timeout
+        status: dict = {}
+        while time.monotonic() < deadline:
+            request = urllib.request.Request(
+                f"{self.url}/stages", data=b"{}", headers={"content-type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    status = json.loads(response.read())
+                if status and all(status.values()):
+                    return
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"stages not ready after {timeout}s: {status}\n{self.log()[-3000:]}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the whole process group, SIGKILL what is left after `timeout`."""
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+def _launch(name: str, args: list[str], port: int, env: Mapping[str, str] | None,
+            log_dir: Path) -> ServerProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name.lower()}-{port}.log"
+    full_env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "BENTOML_DO_NOT_TRACK": "true",
+                **(env or {})}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() takes the children too
+        )
+    return ServerProcess(name, port, process, log_path, dict(env or {}))
+
+
+def start_all(port: int, env: Mapping[str, str] | None = None,
+              log_dir: Path = Path("/tmp/recsys-logs")) -> ServerProcess:
+    """`bentoml serve` of the gateway, which starts both stages as local processes."""
+    args = ["bentoml", "serve", GATEWAY, "--host", "127.0.0.1", "--port", str(port)]
+    return _launch("stack", args, port, env, log_dir)
+
+
+def start_service(name: str, port: int, env: Mapping[str, str] | None = None,
+                  depends: Mapping[str, str] | None = None,
+                  log_dir: Path = Path("/tmp/recsys-logs")) -> ServerProcess:
+    """One service as the Bento image runs it in Kubernetes (`start-http-server`)."""
+    args = ["bentoml_cli._internal.start", "start-http-server", GATEWAY,
+            "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(REPO_ROOT)]
+    if name != "Recommender":
+        args += ["--service-name", name]
+    for dependency, url in (depends or {}).items():
+        args += ["--depends", f"{dependency}={url}"]
+    return _launch(name, args, port, env, log_dir)
+
+
+@contextlib.contextmanager
+def serve_all(env: Mapping[str, str] | None = None, port: int | None = None,
+              timeout: float = 120.0) -> Iterator[ServerProcess]:
+    """Run the whole stack in one `bentoml serve`; yields once the gateway is ready."""
+    server = start_all(port or free_port(), env)
+    try:
+        server.wait_ready(timeout)
+        server.wait_stages(timeout)
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def serve_split(env: Mapping[str, str] | None = None,
+                stage_env: Mapping[str, Mapping[str, str]] | None = None,
+                depends: Mapping[str, str] | None = None,
+                timeout: float = 120.0) -> Iterator[dict[str, ServerProcess]]:
+    """Each service in its own process. `depends` overrides a stage's URL (e.g. a dead port)."""
+    servers: dict[str, ServerProcess] = {}
+    try:
+        urls = dict(depends or {})
+        for stage in STAGES:
+            if stage in urls:
+                continue
+            stage_vars = {**(env or {}), **((stage_env or {}).get(stage, {}))}
+            servers[stage] = start_service(stage, free_port(), stage_vars)
+            urls[stage] = servers[stage].url
+        for server in servers.values():
+            server.wait_ready(timeout)
+        gateway_env = {**(env or {}), **((stage_env or {}).get("Recommender", {}))}
+        servers["Recommender"] = start_service("Recommender", free_port(), gateway_env, urls)
+        servers["Recommender"].wait_ready(timeout)
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
