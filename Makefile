@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export OPENBLAS_NUM_THREADS ?= 1
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup tools data train run evaluate test lint format clean
+.PHONY: help setup tools data train run evaluate test lint format clean manifests test-helm e2e-kind serve
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -35,8 +35,8 @@ data: setup ## Generate the embedded synthetic data set into $(DATA)/ (if missin
 train: data ## Train, evaluate and store versioned models; report in $(REPORT)/
 	$(BIN)/recsys train --data $(DATA) --out $(REPORT)
 
-run: train ## The main job: data -> train -> evaluate, then print where the report is
-	@echo "report: $(REPORT)/report.md"
+run: setup ## The main job: data + train (when no model is stored), then serve on localhost:3000
+	$(BIN)/recsys serve --port 3000 --data $(DATA) --report $(REPORT)
 
 evaluate: setup ## Evaluate the latest stored models on $(DATA)'s test window
 	$(BIN)/recsys evaluate --data $(DATA)
@@ -56,3 +56,17 @@ format: setup ## Apply ruff fixes and formatting
 
 clean: ## Remove generated data, reports and caches (keeps .venv)
 	rm -rf $(DATA) reports .pytest_cache .ruff_cache
+
+manifests: setup ## Re-render manifests/ from the chart (and sync the chart's copy of slo.yaml)
+	bash scripts/install-helm.sh >/dev/null
+	bash scripts/render-manifests.sh
+
+test-helm: setup ## Only the Helm chart tests (lint, render, schema and policy checks)
+	bash scripts/install-helm.sh >/dev/null && bash scripts/install-prometheus.sh >/dev/null
+	$(PY) -m pytest -m helm tests/helm
+
+e2e-kind: setup ## Install the chart on a kind cluster, helm test, canary, roll back (needs Docker + kind)
+	bash scripts/e2e-kind.sh
+
+serve: setup ## Serve the stack on localhost:3000 with the stored models
+	$(BIN)/recsys serve --port 3000 --no-train-if-missing

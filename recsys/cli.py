@@ -229,6 +229,54 @@ def evaluate(
     console.print(f"metrics: {out / 'metrics.json'}")
 
 
+@app.command("serve")
+def serve(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Gateway port")] = 3000,
+    data: DataDir = Path("data"),
+    train_if_missing: Annotated[
+        bool, typer.Option(help="Generate data and train when no model is stored yet")
+    ] = True,
+    report: Annotated[Path, typer.Option(help="Report directory when training")] = Path(
+        "reports/latest"
+    ),
+) -> None:
+    """Serve the whole stack (gateway + retrieval + ranking) on 127.0.0.1:PORT."""
+    from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
+    from recsys.errors import ModelMissingError
+    from recsys.serving import ServingSettings
+    from recsys.stack import start_all
+
+    settings = ServingSettings()
+    try:
+        model_path(settings.retrieval_model_tag, RETRIEVAL_MODEL)
+        model_path(settings.ranking_model_tag, RANKING_MODEL)
+    except ModelMissingError:
+        if not train_if_missing:
+            raise
+        console.print("no stored models yet: generating data (if needed) and training first")
+        if not (data / "interactions.parquet").exists() and not (data / "interactions.csv").exists():
+            data_synth(out=data)
+        train(data=data, out=report)
+    server = start_all(port, log_dir=Path("reports/logs"))
+    try:
+        with console.status(f"starting the stack on {server.url} (log: {server.log_path})"):
+            server.wait_ready(180)
+            server.wait_stages(180)
+        console.print(f"[green]ready[/] on {server.url}; try:")
+        console.print(
+            f"  curl -s -X POST {server.url}/recommend -H 'content-type: application/json' "
+            "-d '{\"user_id\": \"u42\", \"k\": 10}'",
+            soft_wrap=True, highlight=False, markup=False,
+        )
+        console.print(f"  OpenAPI docs: {server.url}/docs   metrics: {server.url}/metrics")
+        console.print("Ctrl+C stops the stack.")
+        server.process.wait()
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        server.stop()
+
+
 @models_app.command("list")
 def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,

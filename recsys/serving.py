@@ -53,6 +53,7 @@ class ServingSettings(BaseSettings):
     ranking_timeout_s: float = Field(0.5, gt=0, description="Gateway timeout for ranking.")
     request_timeout_s: float = Field(10.0, gt=0, description="BentoML traffic timeout per request.")
     workers: int = Field(1, ge=1, description="BentoML worker processes per service.")
+    access_log: bool = Field(True, description="Log one line per request (BentoML access log).")
     track: str = Field("stable", description="Deployment track reported in responses and metrics.")
     fault_latency_ms: float = Field(0.0, ge=0, description="TEST ONLY: added latency per call.")
     fault_error_rate: float = Field(

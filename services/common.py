@@ -20,7 +20,7 @@ FALLBACKS = bentoml.metrics.Counter(
 MODEL_INFO = bentoml.metrics.Gauge(
     name="recsys_model_info",
     documentation="1 for the model version a service is serving, by service and track.",
-    labelnames=["service", "model_version", "track"],
+    labelnames=["component", "model_version", "track"],
 )
 
 
@@ -37,6 +37,7 @@ def service_config(**extra) -> dict:
         "workers": SETTINGS.workers,
         "traffic": {"timeout": SETTINGS.request_timeout_s},
         "metrics": {"enabled": True, "duration": {"buckets": LATENCY_BUCKETS}},
+        "logging": {"access": {"enabled": SETTINGS.access_log}},
         **extra,
     }
 
