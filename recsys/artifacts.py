@@ -31,7 +31,10 @@ def code_revision() -> str:
         root = Path(__file__).resolve().parent.parent
         rev = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         return rev or "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -107,8 +110,13 @@ def save_models(result: TrainResult, report_dir: str | None = None) -> dict[str,
     with bentoml.models.create(
         RETRIEVAL_MODEL,
         labels={**labels, "stage": "retrieval"},
-        metadata=_flat({**common, "index": result.retrieval.stats,
-                        "metrics": {"retrieval": result.metrics["models"]["retrieval"]}}),
+        metadata=_flat(
+            {
+                **common,
+                "index": result.retrieval.stats,
+                "metrics": {"retrieval": result.metrics["models"]["retrieval"]},
+            }
+        ),
     ) as model:
         result.retrieval.save(model.path)
         write_manifest(Path(model.path))
@@ -116,9 +124,13 @@ def save_models(result: TrainResult, report_dir: str | None = None) -> dict[str,
     with bentoml.models.create(
         RANKING_MODEL,
         labels={**labels, "stage": "ranking", "retrieval_tag": tags["retrieval"]},
-        metadata=_flat({**common, "metrics": {"two_stage": two_stage,
-                                              "models": result.metrics["models"]},
-                        "ranker": result.ranker.info}),
+        metadata=_flat(
+            {
+                **common,
+                "metrics": {"two_stage": two_stage, "models": result.metrics["models"]},
+                "ranker": result.ranker.info,
+            }
+        ),
     ) as model:
         result.ranker.save(model.path)
         write_manifest(Path(model.path))

@@ -7,23 +7,27 @@ import os
 # implicit parallelises ALS itself; OpenBLAS threads on top of it only slow it down.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import json  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Annotated  # noqa: E402
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import typer
+from rich.console import Console
+from rich.table import Table
 
-from recsys.errors import RecsysError  # noqa: E402
+from recsys.errors import RecsysError
 
-app = typer.Typer(help="Two-stage recommender: data, training, evaluation and models.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Two-stage recommender: data, training, evaluation and models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 data_app = typer.Typer(help="Generate and validate interaction data.", no_args_is_help=True)
-models_app = typer.Typer(help="Inspect versioned models in the BentoML store.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Inspect versioned models in the BentoML store.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 console = Console()
@@ -56,8 +60,9 @@ def data_synth(
     from recsys.data.synth import SynthConfig, generate
 
     start = time.perf_counter()
-    config = SynthConfig(n_users=users, n_items=items, n_events=events, days=days,
-                         n_categories=categories, seed=seed)
+    config = SynthConfig(
+        n_users=users, n_items=items, n_events=events, days=days, n_categories=categories, seed=seed
+    )
     with console.status("generating synthetic interactions"):
         generated = generate(config)
     if csv:
@@ -146,14 +151,20 @@ def train(
         test_days=test_days,
         max_reject_ratio=max_reject_ratio,
         seed=seed,
-        embedding=replace(base.embedding, algorithm=algorithm, factors=factors,  # type: ignore[arg-type]
-                          iterations=iterations, seed=seed),
+        embedding=replace(
+            base.embedding,
+            algorithm=algorithm,
+            factors=factors,  # type: ignore[arg-type]
+            iterations=iterations,
+            seed=seed,
+        ),
         retrieval=replace(base.retrieval, num_candidates=candidates),
         ranker=replace(base.ranker, seed=seed),
     )
     interactions, catalog = _load(data, movielens)
-    result = train_pipeline(interactions, catalog, config, rejects_dir=str(out / "rejects"),
-                            on_stage=_stage_printer())
+    result = train_pipeline(
+        interactions, catalog, config, rejects_dir=str(out / "rejects"), on_stage=_stage_printer()
+    )
     _finish(result, out, save)
 
 
@@ -218,12 +229,18 @@ def evaluate(
     clean = validate_dataset(interactions, catalog, saved.get("max_reject_ratio", 0.05))
     split = make_split(clean.interactions, config)
     evaluation = held_out_relevance(split.test, retrieval, max_users=config.max_eval_users)
-    metrics = evaluate_models(retrieval, ranker, evaluation, config.ks,
-                              retrieval.config.num_candidates)
+    metrics = evaluate_models(
+        retrieval, ranker, evaluation, config.ks, retrieval.config.num_candidates
+    )
     promotable, reasons = promotion_decision(metrics)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"retrieval_tag": full_retrieval_tag, "ranking_tag": full_ranking_tag,
-              "metrics": metrics, "promotable": promotable, "promotion_reasons": reasons}
+    result = {
+        "retrieval_tag": full_retrieval_tag,
+        "ranking_tag": full_ranking_tag,
+        "metrics": metrics,
+        "promotable": promotable,
+        "promotion_reasons": reasons,
+    }
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     console.print(_metrics_table(metrics))
     console.print(f"metrics: {out / 'metrics.json'}")
@@ -254,7 +271,10 @@ def serve(
         if not train_if_missing:
             raise
         console.print("no stored models yet: generating data (if needed) and training first")
-        if not (data / "interactions.parquet").exists() and not (data / "interactions.csv").exists():
+        if (
+            not (data / "interactions.parquet").exists()
+            and not (data / "interactions.csv").exists()
+        ):
             data_synth(out=data)
         train(data=data, out=report)
     server = start_all(port, log_dir=Path("reports/logs"))
@@ -265,8 +285,10 @@ def serve(
         console.print(f"[green]ready[/] on {server.url}; try:")
         console.print(
             f"  curl -s -X POST {server.url}/recommend -H 'content-type: application/json' "
-            "-d '{\"user_id\": \"u42\", \"k\": 10}'",
-            soft_wrap=True, highlight=False, markup=False,
+            '-d \'{"user_id": "u42", "k": 10}\'',
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
         )
         console.print(f"  OpenAPI docs: {server.url}/docs   metrics: {server.url}/metrics")
         console.print("Ctrl+C stops the stack.")
@@ -293,9 +315,10 @@ def models_list(
         table.add_column(column)
     for row in rows:
         ndcg = row["ndcg@10"]
-        table.add_row(*(str(row[c]) for c in ("tag", "stage", "created", "data_hash",
-                                               "promotable")),
-                      f"{ndcg:.4f}" if isinstance(ndcg, float) else "-")
+        table.add_row(
+            *(str(row[c]) for c in ("tag", "stage", "created", "data_hash", "promotable")),
+            f"{ndcg:.4f}" if isinstance(ndcg, float) else "-",
+        )
     console.print(table)
 
 
@@ -309,4 +332,3 @@ def main() -> None:
     except ValueError as exc:
         err_console.print(f"[red]error:[/] {exc}")
         sys.exit(2)
-

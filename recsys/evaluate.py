@@ -61,7 +61,10 @@ def rank_candidates(
     if not candidates:
         return []
     features = np.vstack(
-        [candidate_features(ranker.tables, u, c) for u, c in zip(user_indices, candidates, strict=True)]
+        [
+            candidate_features(ranker.tables, u, c)
+            for u, c in zip(user_indices, candidates, strict=True)
+        ]
     )
     scores = ranker.predict(features)
     ordered, start = [], 0
@@ -101,9 +104,7 @@ def evaluate_models(
 ) -> dict:
     """Metrics of the three models overall and on cold/warm and light/heavy user slices."""
     max_k = max(ks)
-    lists, candidates = recommend_all(
-        retrieval, ranker, evaluation.user_ids, max_k, num_candidates
-    )
+    lists, candidates = recommend_all(retrieval, ranker, evaluation.user_ids, max_k, num_candidates)
     to_lists = {name: [x.tolist() for x in value] for name, value in lists.items()}
     n_items = len(retrieval.items)
     user_indices = np.array([retrieval.users.index_of(u) for u in evaluation.user_ids])
@@ -160,7 +161,5 @@ def promotion_decision(metrics: dict, metric: str = "ndcg@10") -> tuple[bool, li
     for baseline in ("popularity", "retrieval"):
         theirs = models[baseline][metric]
         if ours <= theirs:
-            reasons.append(
-                f"two-stage {metric} {ours:.4f} does not beat {baseline} {theirs:.4f}"
-            )
+            reasons.append(f"two-stage {metric} {ours:.4f} does not beat {baseline} {theirs:.4f}")
     return not reasons, reasons

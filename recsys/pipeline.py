@@ -154,11 +154,20 @@ def train_pipeline(
 
     with clock.stage("retrieval (ranker phase)"):
         retrieval_a = train_retrieval(
-            split.train, items, item_categories, split.validation_start, config.embedding,
-            config.index, config.retrieval,
+            split.train,
+            items,
+            item_categories,
+            split.validation_start,
+            config.embedding,
+            config.index,
+            config.retrieval,
         )
         tables_a = build_feature_tables(
-            split.train, clean.catalog, retrieval_a.users, items, categories,
+            split.train,
+            clean.catalog,
+            retrieval_a.users,
+            items,
+            categories,
             split.validation_start,
         )
     with clock.stage("ranker"):
@@ -168,7 +177,12 @@ def train_pipeline(
     with clock.stage("retrieval (final)"):
         history = split.history_before_test
         retrieval = train_retrieval(
-            history, items, item_categories, split.test_start, config.embedding, config.index,
+            history,
+            items,
+            item_categories,
+            split.test_start,
+            config.embedding,
+            config.index,
             config.retrieval,
         )
         tables = build_feature_tables(

@@ -50,9 +50,7 @@ class RankingExamples:
         return len(np.unique(self.query))
 
 
-def candidate_features(
-    tables: FeatureTables, user_idx: int, candidates: Candidates
-) -> np.ndarray:
+def candidate_features(tables: FeatureTables, user_idx: int, candidates: Candidates) -> np.ndarray:
     """Feature rows for one user's candidates, ranks taken from retrieval order."""
     n = len(candidates)
     return assemble_features(
@@ -65,13 +63,13 @@ def candidate_features(
     )
 
 
-def train_ranker(
-    train: RankingExamples, config: RankerConfig
-) -> tuple[xgb.Booster, dict]:
+def train_ranker(train: RankingExamples, config: RankerConfig) -> tuple[xgb.Booster, dict]:
     """Fit LambdaMART with early stopping on a held-out share of queries."""
     rng = np.random.default_rng(config.seed)
     queries = np.unique(train.query)
-    held_out = rng.choice(queries, size=max(1, int(len(queries) * config.eval_share)), replace=False)
+    held_out = rng.choice(
+        queries, size=max(1, int(len(queries) * config.eval_share)), replace=False
+    )
     is_eval = np.isin(train.query, held_out)
     fit, valid = ~is_eval, is_eval
     params = {
@@ -89,11 +87,15 @@ def train_ranker(
         "nthread": 0,
     }
     dtrain = xgb.DMatrix(
-        train.features[fit], label=train.labels[fit], qid=train.query[fit],
+        train.features[fit],
+        label=train.labels[fit],
+        qid=train.query[fit],
         feature_names=list(FEATURE_NAMES),
     )
     dvalid = xgb.DMatrix(
-        train.features[valid], label=train.labels[valid], qid=train.query[valid],
+        train.features[valid],
+        label=train.labels[valid],
+        qid=train.query[valid],
         feature_names=list(FEATURE_NAMES),
     )
     history: dict = {}

@@ -8,9 +8,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from recsys.evaluate import MODELS  # noqa: E402
+from recsys.evaluate import MODELS
 
 _LABELS = {"popularity": "popularity", "retrieval": "retrieval only", "two_stage": "two-stage"}
 _HEADLINE = ("ndcg", "recall", "precision", "map", "mrr", "hit_rate", "coverage")
@@ -21,8 +21,12 @@ def _plot_metric_at_k(metrics: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, name in zip(axes, ("ndcg", "recall", "map"), strict=True):
         for model in MODELS:
-            ax.plot(ks, [metrics["models"][model][f"{name}@{k}"] for k in ks], marker="o",
-                    label=_LABELS[model])
+            ax.plot(
+                ks,
+                [metrics["models"][model][f"{name}@{k}"] for k in ks],
+                marker="o",
+                label=_LABELS[model],
+            )
         ax.set_title(f"{name.upper()}@K")
         ax.set_xlabel("K")
         ax.set_xticks(ks)
@@ -39,8 +43,9 @@ def _plot_slices(metrics: dict, path: Path, metric: str = "ndcg@10") -> None:
     fig, ax = plt.subplots(figsize=(8, 3.8))
     for offset, model in enumerate(MODELS):
         values = [metrics["slices"][s]["models"][model][metric] for s in slices]
-        ax.bar([i + offset * width for i in range(len(slices))], values, width,
-               label=_LABELS[model])
+        ax.bar(
+            [i + offset * width for i in range(len(slices))], values, width, label=_LABELS[model]
+        )
     ax.set_xticks([i + width for i in range(len(slices))])
     ax.set_xticklabels([f"{s}\n({metrics['slices'][s]['users']} users)" for s in slices])
     ax.set_ylabel(metric)
@@ -58,7 +63,9 @@ def _table(metrics_by_model: dict, k: int) -> list[str]:
     for model in MODELS:
         row = metrics_by_model[model]
         lines.append(
-            f"| {_LABELS[model]} | " + " | ".join(f"{row[f'{m}@{k}']:.4f}" for m in _HEADLINE) + " |"
+            f"| {_LABELS[model]} | "
+            + " | ".join(f"{row[f'{m}@{k}']:.4f}" for m in _HEADLINE)
+            + " |"
         )
     return lines
 

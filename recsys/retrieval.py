@@ -16,8 +16,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import scann
+import scipy.sparse as sp
 
 from recsys.data import schema
 from recsys.data.validate import to_epoch_seconds
@@ -78,7 +78,9 @@ def interaction_matrix(
     keep = (user_idx >= 0) & (item_idx >= 0)
     weights = history[schema.WEIGHT].to_numpy(dtype=np.float32)[keep]
     matrix = sp.csr_matrix(
-        (weights, (user_idx[keep], item_idx[keep])), shape=(len(users), len(items)), dtype=np.float32
+        (weights, (user_idx[keep], item_idx[keep])),
+        shape=(len(users), len(items)),
+        dtype=np.float32,
     )
     matrix.sum_duplicates()
     matrix.data = np.log1p(matrix.data)
@@ -158,7 +160,9 @@ def build_index(vectors: np.ndarray, config: IndexConfig, num_neighbors: int = 1
             # reproducible (same data and seed -> same index -> same metrics).
             random_init=False,
         )
-        .score_ah(config.dims_per_block, anisotropic_quantization_threshold=config.anisotropic_threshold)
+        .score_ah(
+            config.dims_per_block, anisotropic_quantization_threshold=config.anisotropic_threshold
+        )
         .reorder(config.reorder)
         .build()
     )
@@ -251,7 +255,9 @@ class RetrievalModel:
         build_s = time.perf_counter() - start
         rng = np.random.default_rng(seed)
         warm = np.flatnonzero(self.history_counts > 0)
-        sample = rng.choice(warm, size=min(len(warm), self.index_config.recall_sample), replace=False)
+        sample = rng.choice(
+            warm, size=min(len(warm), self.index_config.recall_sample), replace=False
+        )
         k = min(self.index_config.recall_k, len(self.items))
         recall, ann_qps, exact_qps = measure_recall(
             self.mips, self.item_factors, self.user_factors[sample], k
@@ -296,7 +302,7 @@ class RetrievalModel:
         blocked = np.empty(0, dtype=np.int64) if exclude is None else np.asarray(exclude, np.int64)
         if exclude_seen:
             blocked = np.concatenate([blocked, self.seen_items(user_idx)])
-        n_popular = k if self.is_cold(user_idx) else int(round(k * self.config.popular_share))
+        n_popular = k if self.is_cold(user_idx) else round(k * self.config.popular_share)
         n_ann = k - n_popular
         ann_idx = np.empty(0, dtype=np.int64)
         ann_scores = np.empty(0, dtype=np.float32)
@@ -305,7 +311,9 @@ class RetrievalModel:
             keep = ~np.isin(found, blocked)
             ann_idx, ann_scores = found[keep][:n_ann], scores[keep][:n_ann]
         fill = k - len(ann_idx)
-        popular_keep = np.flatnonzero(~np.isin(self.popular_idx, np.concatenate([blocked, ann_idx])))
+        popular_keep = np.flatnonzero(
+            ~np.isin(self.popular_idx, np.concatenate([blocked, ann_idx]))
+        )
         popular_keep = popular_keep[:fill]
         pop_idx = self.popular_idx[popular_keep]
         if not self.is_cold(user_idx):

@@ -41,7 +41,9 @@ class ServingSettings(BaseSettings):
     ranking_model_tag: str = Field(
         "recsys-ranking:latest", description="BentoML tag of the ranking model."
     )
-    num_candidates: int = Field(200, ge=10, le=2000, description="Candidates retrieved per request.")
+    num_candidates: int = Field(
+        200, ge=10, le=2000, description="Candidates retrieved per request."
+    )
     category_cap: int = Field(
         3, ge=0, description="Most items of one category in a top-k list (0 turns the cap off)."
     )

@@ -1,4 +1,4 @@
-"""The service level objectives file (`slo.yaml`): one source for load tests, alerts and canaries."""
+"""The SLO file (`slo.yaml`): one source for load tests, alert rules and canary analysis."""
 
 from __future__ import annotations
 

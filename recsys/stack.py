@@ -110,12 +110,17 @@ class ServerProcess:
             self.process.wait(5)
 
 
-def _launch(name: str, args: list[str], port: int, env: Mapping[str, str] | None,
-            log_dir: Path) -> ServerProcess:
+def _launch(
+    name: str, args: list[str], port: int, env: Mapping[str, str] | None, log_dir: Path
+) -> ServerProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name.lower()}-{port}.log"
-    full_env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "BENTOML_DO_NOT_TRACK": "true",
-                **(env or {})}
+    full_env = {
+        **os.environ,
+        "OPENBLAS_NUM_THREADS": "1",
+        "BENTOML_DO_NOT_TRACK": "true",
+        **(env or {}),
+    }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", *args],
@@ -129,19 +134,33 @@ def _launch(name: str, args: list[str], port: int, env: Mapping[str, str] | None
     return ServerProcess(name, port, process, log_path, dict(env or {}))
 
 
-def start_all(port: int, env: Mapping[str, str] | None = None,
-              log_dir: Path = Path("/tmp/recsys-logs")) -> ServerProcess:
+def start_all(
+    port: int, env: Mapping[str, str] | None = None, log_dir: Path = Path("/tmp/recsys-logs")
+) -> ServerProcess:
     """`bentoml serve` of the gateway, which starts both stages as local processes."""
     args = ["bentoml", "serve", GATEWAY, "--host", "127.0.0.1", "--port", str(port)]
     return _launch("stack", args, port, env, log_dir)
 
 
-def start_service(name: str, port: int, env: Mapping[str, str] | None = None,
-                  depends: Mapping[str, str] | None = None,
-                  log_dir: Path = Path("/tmp/recsys-logs")) -> ServerProcess:
+def start_service(
+    name: str,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    depends: Mapping[str, str] | None = None,
+    log_dir: Path = Path("/tmp/recsys-logs"),
+) -> ServerProcess:
     """One service as the Bento image runs it in Kubernetes (`start-http-server`)."""
-    args = ["bentoml_cli._internal.start", "start-http-server", GATEWAY,
-            "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(REPO_ROOT)]
+    args = [
+        "bentoml_cli._internal.start",
+        "start-http-server",
+        GATEWAY,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--working-dir",
+        str(REPO_ROOT),
+    ]
     if name != "Recommender":
         args += ["--service-name", name]
     for dependency, url in (depends or {}).items():
@@ -150,8 +169,9 @@ def start_service(name: str, port: int, env: Mapping[str, str] | None = None,
 
 
 @contextlib.contextmanager
-def serve_all(env: Mapping[str, str] | None = None, port: int | None = None,
-              timeout: float = 120.0) -> Iterator[ServerProcess]:
+def serve_all(
+    env: Mapping[str, str] | None = None, port: int | None = None, timeout: float = 120.0
+) -> Iterator[ServerProcess]:
     """Run the whole stack in one `bentoml serve`; yields once the gateway is ready."""
     server = start_all(port or free_port(), env)
     try:
@@ -163,10 +183,12 @@ def serve_all(env: Mapping[str, str] | None = None, port: int | None = None,
 
 
 @contextlib.contextmanager
-def serve_split(env: Mapping[str, str] | None = None,
-                stage_env: Mapping[str, Mapping[str, str]] | None = None,
-                depends: Mapping[str, str] | None = None,
-                timeout: float = 120.0) -> Iterator[dict[str, ServerProcess]]:
+def serve_split(
+    env: Mapping[str, str] | None = None,
+    stage_env: Mapping[str, Mapping[str, str]] | None = None,
+    depends: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> Iterator[dict[str, ServerProcess]]:
     """Each service in its own process. `depends` overrides a stage's URL (e.g. a dead port)."""
     servers: dict[str, ServerProcess] = {}
     try:

@@ -26,8 +26,26 @@ MODEL_INFO = bentoml.metrics.Gauge(
 
 # Latency buckets fine enough around the SLOs (tens of milliseconds) for p95/p99 estimates.
 LATENCY_BUCKETS = [
-    0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.15, 0.2, 0.3,
-    0.5, 1.0, 2.5, 5.0, 10.0,
+    0.002,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.06,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 ]
 
 
@@ -64,11 +82,18 @@ class RequestSizeLimit:
             length = dict(scope.get("headers") or []).get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_bytes:
                 body = json.dumps(
-                    {"error": f"request body is {int(length)} bytes; the limit is "
-                              f"{self.max_bytes} bytes (RECSYS_MAX_REQUEST_BYTES)"}
+                    {
+                        "error": f"request body is {int(length)} bytes; the limit is "
+                        f"{self.max_bytes} bytes (RECSYS_MAX_REQUEST_BYTES)"
+                    }
                 ).encode()
-                await send({"type": "http.response.start", "status": 413,
-                            "headers": [(b"content-type", b"application/json")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 413,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)

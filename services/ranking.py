@@ -11,7 +11,14 @@ from pydantic import BaseModel, Field, field_validator
 
 from recsys.artifacts import load_ranker
 from recsys.serving import BackgroundModel, ItemId, ModelNotReady, UserId, inject_faults
-from services.common import MODEL_INFO, SETTINGS, RequestSizeLimit, bad_request, packed_model, service_config
+from services.common import (
+    MODEL_INFO,
+    SETTINGS,
+    RequestSizeLimit,
+    bad_request,
+    packed_model,
+    service_config,
+)
 
 MAX_CANDIDATES = 2000
 
@@ -45,7 +52,9 @@ class Ranking:
 
     def __init__(self) -> None:
         self.loaded = BackgroundModel(
-            "ranking", lambda: load_ranker(SETTINGS.ranking_model_tag), _self_test,
+            "ranking",
+            lambda: load_ranker(SETTINGS.ranking_model_tag),
+            _self_test,
             SETTINGS.fault_load_delay_s,
         )
 

@@ -151,9 +151,7 @@ class Recommender:
     @bentoml.api
     async def recommend_batch(
         self,
-        user_ids: Annotated[
-            list[UserId], Field(min_length=1, max_length=SETTINGS.max_batch_users)
-        ],
+        user_ids: Annotated[list[UserId], Field(min_length=1, max_length=SETTINGS.max_batch_users)],
         k: K = 10,
         exclude_items: Exclusions = [],  # noqa: B006
         ctx: bentoml.Context = None,
@@ -174,9 +172,7 @@ class Recommender:
         }
 
     @bentoml.api
-    async def similar_items(
-        self, item_id: ItemId, k: K = 10, ctx: bentoml.Context = None
-    ) -> dict:
+    async def similar_items(self, item_id: ItemId, k: K = 10, ctx: bentoml.Context = None) -> dict:
         """Items similar to `item_id`; trending items when the item or retrieval is unknown/down."""
         degraded: list[dict] = []
         try:

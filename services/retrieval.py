@@ -9,7 +9,14 @@ from pydantic import Field
 
 from recsys.artifacts import load_retrieval
 from recsys.serving import BackgroundModel, ItemId, ModelNotReady, UserId, inject_faults
-from services.common import MODEL_INFO, SETTINGS, RequestSizeLimit, bad_request, packed_model, service_config
+from services.common import (
+    MODEL_INFO,
+    SETTINGS,
+    RequestSizeLimit,
+    bad_request,
+    packed_model,
+    service_config,
+)
 
 MAX_CANDIDATES = 2000
 
@@ -28,7 +35,9 @@ class Retrieval:
 
     def __init__(self) -> None:
         self.loaded = BackgroundModel(
-            "retrieval", lambda: load_retrieval(SETTINGS.retrieval_model_tag), _self_test,
+            "retrieval",
+            lambda: load_retrieval(SETTINGS.retrieval_model_tag),
+            _self_test,
             SETTINGS.fault_load_delay_s,
         )
 
@@ -74,8 +83,12 @@ class Retrieval:
         await inject_faults(SETTINGS)
         items = model.similar_items(item_id, k)
         if items is None:
-            return {"items": model.popular_list(k), "source": "popular",
-                    "reason": "unknown_item", "model_version": self.loaded.version}
+            return {
+                "items": model.popular_list(k),
+                "source": "popular",
+                "reason": "unknown_item",
+                "model_version": self.loaded.version,
+            }
         return {"items": items, "source": "ann", "model_version": self.loaded.version}
 
 

@@ -48,10 +48,10 @@ def test_corrupt_artifact_is_detected(saved):
     original = booster.read_bytes()
     try:
         booster.write_bytes(original[: len(original) // 2])
-        with pytest.raises(ModelCorruptError, match="booster.ubj does not match its checksum"):
+        with pytest.raises(ModelCorruptError, match=r"booster\.ubj does not match its checksum"):
             load_ranker(saved["ranking"])
         booster.unlink()
-        with pytest.raises(ModelCorruptError, match="booster.ubj is missing"):
+        with pytest.raises(ModelCorruptError, match=r"booster\.ubj is missing"):
             load_ranker(saved["ranking"])
     finally:
         booster.write_bytes(original)

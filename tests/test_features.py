@@ -63,7 +63,12 @@ def test_serving_features_equal_training_features(tiny_result, tmp_path):
         np.testing.assert_array_equal(serving, training)
         assert training.shape == (len(candidates), len(FEATURE_NAMES))
         np.testing.assert_allclose(
-            served.score(user_id, retrieval.items.ids[candidates.item_idx].tolist(),
-                         candidates.scores.tolist(), candidates.from_popular.tolist()),
-            ranker.predict(training), rtol=1e-6,
+            served.score(
+                user_id,
+                retrieval.items.ids[candidates.item_idx].tolist(),
+                candidates.scores.tolist(),
+                candidates.from_popular.tolist(),
+            ),
+            ranker.predict(training),
+            rtol=1e-6,
         )

@@ -20,7 +20,7 @@ def test_parquet_and_csv_round_trip(tiny_data, tmp_path):
 def test_missing_column_is_named(tmp_path):
     path = tmp_path / "interactions.csv"
     pd.DataFrame({"user_id": ["a"], "item_id": ["b"], "event": ["view"]}).to_csv(path, index=False)
-    with pytest.raises(DataError, match="missing column.*timestamp"):
+    with pytest.raises(DataError, match=r"missing column.*timestamp"):
         load_interactions(path)
 
 
@@ -40,7 +40,9 @@ def test_rating_column_becomes_weight(tmp_path):
 
 
 def test_movielens_100k_files(tmp_path):
-    (tmp_path / "u.data").write_text("1\t10\t4\t881250949\n2\t20\t3\t891717742\n1\t20\t5\t878887116\n")
+    (tmp_path / "u.data").write_text(
+        "1\t10\t4\t881250949\n2\t20\t3\t891717742\n1\t20\t5\t878887116\n"
+    )
     genres = ["0"] * 19
     action, comedy = genres.copy(), genres.copy()
     action[1], comedy[5] = "1", "1"
@@ -61,16 +63,25 @@ def test_movielens_100k_files(tmp_path):
 
 def test_movielens_ratings_csv(tmp_path):
     pd.DataFrame(
-        {"userId": [1, 1, 2], "movieId": [5, 6, 5], "rating": [4.0, 2.5, 5.0],
-         "timestamp": [100, 200, 300]}
+        {
+            "userId": [1, 1, 2],
+            "movieId": [5, 6, 5],
+            "rating": [4.0, 2.5, 5.0],
+            "timestamp": [100, 200, 300],
+        }
     ).to_csv(tmp_path / "ratings.csv", index=False)
-    pd.DataFrame({"movieId": [5, 6], "title": ["A", "B"], "genres": ["Drama|War", "Comedy"]}).to_csv(
-        tmp_path / "movies.csv", index=False
-    )
+    pd.DataFrame(
+        {"movieId": [5, 6], "title": ["A", "B"], "genres": ["Drama|War", "Comedy"]}
+    ).to_csv(tmp_path / "movies.csv", index=False)
     events, catalog = load_movielens(tmp_path)
     assert len(events) == 3
-    assert catalog.set_index(schema.ITEM_ID)[schema.CATEGORY].to_dict() == {"5": "Drama", "6": "Comedy"}
-    assert catalog.set_index(schema.ITEM_ID)[schema.CREATED_AT]["6"] == pd.Timestamp(200, unit="s", tz="UTC")
+    assert catalog.set_index(schema.ITEM_ID)[schema.CATEGORY].to_dict() == {
+        "5": "Drama",
+        "6": "Comedy",
+    }
+    assert catalog.set_index(schema.ITEM_ID)[schema.CREATED_AT]["6"] == pd.Timestamp(
+        200, unit="s", tz="UTC"
+    )
 
 
 def test_movielens_missing_files(tmp_path):

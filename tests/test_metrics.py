@@ -47,7 +47,9 @@ def test_precision_and_recall_match_sklearn(seed, n, k):
     relevance, _, ranked, relevant = _case(seed, n)
     predicted = np.zeros(n, dtype=int)
     predicted[ranked[:k]] = 1
-    assert precision_at_k(ranked, relevant, k) == pytest.approx(precision_score(relevance, predicted))
+    assert precision_at_k(ranked, relevant, k) == pytest.approx(
+        precision_score(relevance, predicted)
+    )
     assert recall_at_k(ranked, relevant, k) == pytest.approx(recall_score(relevance, predicted))
     assert hit_rate_at_k(ranked, relevant, k) == float(relevance[ranked[:k]].any())
 
@@ -68,7 +70,9 @@ def test_mrr_matches_label_ranking_average_precision_with_one_relevant_item(seed
     scores = rng.random(n)
     ranked = list(np.argsort(-scores))
     expected = label_ranking_average_precision_score([relevance], [scores])
-    assert reciprocal_rank_at_k(ranked, set(np.flatnonzero(relevance)), n) == pytest.approx(expected)
+    assert reciprocal_rank_at_k(ranked, set(np.flatnonzero(relevance)), n) == pytest.approx(
+        expected
+    )
 
 
 def test_hand_computed_case():

@@ -76,21 +76,53 @@ def test_report_files(tiny_result, tmp_path):
 
 def _recsys(*args, cwd, env):
     return subprocess.run(
-        [sys.executable, "-m", "recsys", *args], cwd=cwd, env=env, capture_output=True,
-        text=True, timeout=300,
+        [sys.executable, "-m", "recsys", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 def test_cli_end_to_end(tmp_path, bentoml_home):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "store")}
-    synth = _recsys("data", "synth", "--out", "d", "--users", "500", "--items", "1200",
-                    "--events", "20000", "--days", "50", cwd=tmp_path, env=env)
+    synth = _recsys(
+        "data",
+        "synth",
+        "--out",
+        "d",
+        "--users",
+        "500",
+        "--items",
+        "1200",
+        "--events",
+        "20000",
+        "--days",
+        "50",
+        cwd=tmp_path,
+        env=env,
+    )
     assert synth.returncode == 0, synth.stderr
     validate = _recsys("data", "validate", "--data", "d", cwd=tmp_path, env=env)
     assert validate.returncode == 0 and "20000/20000 rows kept" in validate.stdout
-    train = _recsys("train", "--data", "d", "--out", "rep", "--validation-days", "8",
-                    "--test-days", "8", "--factors", "16", "--iterations", "5",
-                    cwd=tmp_path, env=env)
+    train = _recsys(
+        "train",
+        "--data",
+        "d",
+        "--out",
+        "rep",
+        "--validation-days",
+        "8",
+        "--test-days",
+        "8",
+        "--factors",
+        "16",
+        "--iterations",
+        "5",
+        cwd=tmp_path,
+        env=env,
+    )
     assert train.returncode == 0, train.stderr
     assert "report: rep/report.md" in train.stdout.replace("\n", " ")
     listing = _recsys("models", "list", "--json", cwd=tmp_path, env=env)
@@ -108,7 +140,10 @@ def test_cli_end_to_end(tmp_path, bentoml_home):
     [
         (("train", "--data", "missing-dir"), "data directory not found"),
         (("train", "--split", "sideways"), "--split must be chronological or random"),
-        (("evaluate", "--retrieval-tag", "recsys-retrieval:nope"), "not in the BentoML model store"),
+        (
+            ("evaluate", "--retrieval-tag", "recsys-retrieval:nope"),
+            "not in the BentoML model store",
+        ),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, args, message):

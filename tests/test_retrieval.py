@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from recsys.retrieval import IndexConfig, build_index, index_kind, measure_recall
-from recsys.retrieval import RetrievalModel
+from recsys.retrieval import IndexConfig, RetrievalModel, build_index, index_kind, measure_recall
 
 
 def test_index_kind_follows_catalog_size():
@@ -15,9 +14,9 @@ def test_tree_index_recall_against_exact_search():
     # Clustered like trained embeddings (isotropic noise is ScaNN's worst case, not ours).
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(40, 32))
-    vectors = (centres[rng.integers(40, size=5000)] + 0.3 * rng.normal(size=(5000, 32)))
+    vectors = centres[rng.integers(40, size=5000)] + 0.3 * rng.normal(size=(5000, 32))
     vectors = vectors.astype(np.float32)
-    queries = (centres[rng.integers(40, size=200)] + 0.3 * rng.normal(size=(200, 32)))
+    queries = centres[rng.integers(40, size=200)] + 0.3 * rng.normal(size=(200, 32))
     queries = queries.astype(np.float32)
     searcher = build_index(vectors, IndexConfig(brute_force_below=1000))
     recall, ann_qps, exact_qps = measure_recall(searcher, vectors, queries, k=10)

@@ -55,7 +55,8 @@ def test_happy_path_reports_versions(client, warm_user, saved_tags):
     assert len(ids) == 10 and len(set(ids)) == 10
     assert answer["degraded"] is False and answer["degraded_reasons"] == []
     assert answer["model_versions"] == {
-        "retrieval": saved_tags["retrieval"], "ranking": saved_tags["ranking"]
+        "retrieval": saved_tags["retrieval"],
+        "ranking": saved_tags["ranking"],
     }
     scores = [i["score"] for i in answer["items"]]
     assert all(isinstance(s, float) for s in scores)
@@ -121,13 +122,28 @@ BAD_REQUESTS = [
     ("/recommend", {"user_id": 123}, 400, "user_id", "valid string"),
     ("/recommend", {"user_id": None}, 400, "user_id", "valid string"),
     ("/recommend", {"user_id": "u1", "exclude_items": "i1"}, 400, "exclude_items", "valid array"),
-    ("/recommend", {"user_id": "u1", "exclude_items": ["ok", "not ok"]}, 400, "exclude_items",
-     "should match pattern"),
-    ("/recommend", {"user_id": "u1", "exclude_items": [f"i{n}" for n in range(501)]}, 400,
-     "exclude_items", "at most 500 items"),
+    (
+        "/recommend",
+        {"user_id": "u1", "exclude_items": ["ok", "not ok"]},
+        400,
+        "exclude_items",
+        "should match pattern",
+    ),
+    (
+        "/recommend",
+        {"user_id": "u1", "exclude_items": [f"i{n}" for n in range(501)]},
+        400,
+        "exclude_items",
+        "at most 500 items",
+    ),
     ("/recommend_batch", {"user_ids": []}, 400, "user_ids", "at least 1 item"),
-    ("/recommend_batch", {"user_ids": [f"u{n}" for n in range(65)]}, 400, "user_ids",
-     "at most 64 items"),
+    (
+        "/recommend_batch",
+        {"user_ids": [f"u{n}" for n in range(65)]},
+        400,
+        "user_ids",
+        "at most 64 items",
+    ),
     ("/recommend_batch", {"user_ids": "u1"}, 400, "user_ids", "valid array"),
     ("/similar_items", {"k": 3}, 400, "item_id", "Field required"),
     ("/similar_items", {"item_id": "i1", "k": -1}, 400, "k", "greater than or equal to 1"),
@@ -153,8 +169,9 @@ def test_bad_requests_get_a_clear_4xx(client, path, body, status, field, message
     ],
 )
 def test_malformed_bodies(client, content, expected):
-    response = client.post("/recommend", content=content,
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/recommend", content=content, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert expected in response.text and "Traceback" not in response.text
 
@@ -182,9 +199,10 @@ def _fallback_count(text: str, stage: str) -> float:
 
 
 def test_split_deployment_serves_normally(saved_tags, bentoml_home, warm_user):
-    with serve_split(env={"BENTOML_HOME": str(bentoml_home)}) as servers, httpx.Client(
-        base_url=servers["Recommender"].url, timeout=20
-    ) as http:
+    with (
+        serve_split(env={"BENTOML_HOME": str(bentoml_home)}) as servers,
+        httpx.Client(base_url=servers["Recommender"].url, timeout=20) as http,
+    ):
         answer = http.post("/recommend", json={"user_id": warm_user, "k": 5}).json()
         assert answer["degraded"] is False and len(answer["items"]) == 5
         assert answer["model_versions"]["ranking"] == saved_tags["ranking"]
@@ -198,11 +216,14 @@ def test_split_deployment_serves_normally(saved_tags, bentoml_home, warm_user):
     ("dead_stage", "expected_versions"),
     [("Ranking", {"retrieval"}), ("Retrieval", {"popularity", "ranking"})],
 )
-def test_dead_stage_falls_back_without_5xx(saved_tags, bentoml_home, warm_user, dead_stage,
-                                           expected_versions):
+def test_dead_stage_falls_back_without_5xx(
+    saved_tags, bentoml_home, warm_user, dead_stage, expected_versions
+):
     dead = {dead_stage: f"http://127.0.0.1:{free_port()}"}
-    with serve_split(env={"BENTOML_HOME": str(bentoml_home)}, depends=dead) as servers, \
-            httpx.Client(base_url=servers["Recommender"].url, timeout=20) as http:
+    with (
+        serve_split(env={"BENTOML_HOME": str(bentoml_home)}, depends=dead) as servers,
+        httpx.Client(base_url=servers["Recommender"].url, timeout=20) as http,
+    ):
         assert http_status(f"{servers['Recommender'].url}/readyz") == 200
         before = _fallback_count(http.get("/metrics").text, dead_stage.lower())
         answers = [http.post("/recommend", json={"user_id": warm_user, "k": 5}) for _ in range(3)]
@@ -234,8 +255,10 @@ def test_readiness_waits_for_the_model(saved_tags, bentoml_home):
 
 
 def test_missing_model_keeps_service_unready(bentoml_home):
-    env = {"BENTOML_HOME": str(bentoml_home),
-           "RECSYS_RANKING_MODEL_TAG": "recsys-ranking:doesnotexist"}
+    env = {
+        "BENTOML_HOME": str(bentoml_home),
+        "RECSYS_RANKING_MODEL_TAG": "recsys-ranking:doesnotexist",
+    }
     server = start_service("Ranking", free_port(), env)
     try:
         deadline = time.monotonic() + 60
@@ -252,13 +275,21 @@ def test_bentoml_build_packs_both_models(saved_tags, bentoml_home, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
     build = subprocess.run(
         [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert build.returncode == 0, build.stderr[-3000:]
     tag = build.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     info = subprocess.run(
         [sys.executable, "-m", "bentoml", "get", tag, "-o", "json"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert info.returncode == 0, info.stderr[-2000:]
     manifest = json.loads(info.stdout)
@@ -270,7 +301,11 @@ def test_bentoml_build_packs_both_models(saved_tags, bentoml_home, tmp_path):
     archive = tmp_path / "recsys.bento"
     export = subprocess.run(
         [sys.executable, "-m", "bentoml", "export", tag, str(archive)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert export.returncode == 0, export.stderr[-2000:]
     with tarfile.open(archive) as bundle:
@@ -278,6 +313,13 @@ def test_bentoml_build_packs_both_models(saved_tags, bentoml_home, tmp_path):
     for model_tag in saved_tags.values():
         name, version = model_tag.split(":")
         assert f"./models/{name}/{version}/manifest.json" in names
-    dockerfile = (Path(bentoml_home) / "bentos" / "recsys" / tag.split(":")[1] / "env" / "docker"
-                  / "Dockerfile").read_text()
+    dockerfile = (
+        Path(bentoml_home)
+        / "bentos"
+        / "recsys"
+        / tag.split(":")[1]
+        / "env"
+        / "docker"
+        / "Dockerfile"
+    ).read_text()
     assert "\nUSER bentoml" in dockerfile  # the image runs as a non-root user

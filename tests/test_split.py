@@ -27,7 +27,7 @@ def test_random_holdout_per_user(tiny_data):
     per_user = events.groupby(schema.USER_ID).size()
     held = split.test.groupby(schema.USER_ID).size().reindex(per_user.index, fill_value=0)
     big = per_user >= 20
-    share = (held[big] / per_user[big])
+    share = held[big] / per_user[big]
     assert share.between(0.15, 0.3).all()
     # every user keeps at least one event in history
     history_users = set(split.history_before_test[schema.USER_ID])

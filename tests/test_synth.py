@@ -31,7 +31,9 @@ def test_sizes_and_schema(tiny_data):
 def test_no_event_before_its_item_exists(tiny_data):
     created = tiny_data.catalog.set_index(schema.ITEM_ID)[schema.CREATED_AT]
     events = tiny_data.interactions
-    assert (events[schema.TIMESTAMP].to_numpy() >= created.loc[events[schema.ITEM_ID]].to_numpy()).all()
+    assert (
+        events[schema.TIMESTAMP].to_numpy() >= created.loc[events[schema.ITEM_ID]].to_numpy()
+    ).all()
 
 
 def test_popularity_is_heavy_tailed(tiny_data):
