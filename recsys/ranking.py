@@ -15,6 +15,7 @@ import xgboost as xgb
 
 from recsys.features import FEATURE_NAMES, FeatureTables, assemble_features
 from recsys.retrieval import Candidates
+from recsys.tracing import set_attributes, tracer
 from recsys.vocab import Vocabulary
 
 
@@ -164,10 +165,14 @@ class Ranker:
         self, user_id: str, item_ids: list[str], scores: list[float], from_popular: list[bool]
     ) -> np.ndarray:
         """One score per candidate; items unknown to the model get -inf (ranked last)."""
-        features, known = self.features_for(user_id, item_ids, scores, from_popular)
+        with tracer.start_as_current_span("feature_assembly") as span:
+            features, known = self.features_for(user_id, item_ids, scores, from_popular)
+            set_attributes(span, rows=int(known.sum()), unknown_items=int((~known).sum()))
         out = np.full(len(item_ids), -np.inf, dtype=np.float32)
         if known.any():
-            out[known] = self.predict(features)
+            with tracer.start_as_current_span("model_prediction") as span:
+                out[known] = self.predict(features)
+                set_attributes(span, rows=int(known.sum()), trees=self._iteration_range[1])
         return out
 
     def save(self, directory: str | Path) -> None:

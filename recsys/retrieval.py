@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from recsys.data import schema
 from recsys.data.validate import to_epoch_seconds
+from recsys.tracing import set_attributes, tracer
 from recsys.vocab import Vocabulary
 
 SOURCE_ANN = "ann"
@@ -274,7 +275,9 @@ class RetrievalModel:
 
     # ---- queries ---------------------------------------------------------------------------
     def is_cold(self, user_idx: int) -> bool:
-        return user_idx < 0 or self.history_counts[user_idx] <= self.config.cold_user_max_events
+        return user_idx < 0 or bool(
+            self.history_counts[user_idx] <= self.config.cold_user_max_events
+        )
 
     def seen_items(self, user_idx: int) -> np.ndarray:
         if user_idx < 0:
@@ -302,24 +305,27 @@ class RetrievalModel:
         blocked = np.empty(0, dtype=np.int64) if exclude is None else np.asarray(exclude, np.int64)
         if exclude_seen:
             blocked = np.concatenate([blocked, self.seen_items(user_idx)])
-        n_popular = k if self.is_cold(user_idx) else round(k * self.config.popular_share)
+        cold = self.is_cold(user_idx)
+        n_popular = k if cold else round(k * self.config.popular_share)
         n_ann = k - n_popular
         ann_idx = np.empty(0, dtype=np.int64)
         ann_scores = np.empty(0, dtype=np.float32)
         if n_ann > 0:
-            found, scores = self._ann(self.user_factors[user_idx], n_ann + len(blocked))
-            keep = ~np.isin(found, blocked)
-            ann_idx, ann_scores = found[keep][:n_ann], scores[keep][:n_ann]
-        fill = k - len(ann_idx)
-        popular_keep = np.flatnonzero(
-            ~np.isin(self.popular_idx, np.concatenate([blocked, ann_idx]))
-        )
-        popular_keep = popular_keep[:fill]
-        pop_idx = self.popular_idx[popular_keep]
-        if not self.is_cold(user_idx):
-            pop_scores = self.item_factors[pop_idx] @ self.user_factors[user_idx]
-        else:
-            pop_scores = self.popular_scores[popular_keep]
+            with tracer.start_as_current_span("ann_search") as span:
+                found, scores = self._ann(self.user_factors[user_idx], n_ann + len(blocked))
+                keep = ~np.isin(found, blocked)
+                ann_idx, ann_scores = found[keep][:n_ann], scores[keep][:n_ann]
+                set_attributes(span, requested=n_ann, searched=len(found), found=len(ann_idx))
+        with tracer.start_as_current_span("popular_candidates") as span:
+            fill = k - len(ann_idx)
+            taken = np.concatenate([blocked, ann_idx])
+            popular_keep = np.flatnonzero(~np.isin(self.popular_idx, taken))[:fill]
+            pop_idx = self.popular_idx[popular_keep]
+            if not cold:
+                pop_scores = self.item_factors[pop_idx] @ self.user_factors[user_idx]
+            else:
+                pop_scores = self.popular_scores[popular_keep]
+            set_attributes(span, requested=fill, found=len(pop_idx), cold_user=cold)
         return Candidates(
             np.concatenate([ann_idx, pop_idx]),
             np.concatenate([ann_scores, pop_scores]).astype(np.float32),

@@ -55,6 +55,12 @@ class ServingSettings(BaseSettings):
     ranking_timeout_s: float = Field(0.5, gt=0, description="Gateway timeout for ranking.")
     request_timeout_s: float = Field(10.0, gt=0, description="BentoML traffic timeout per request.")
     workers: int = Field(1, ge=1, description="BentoML worker processes per service.")
+    trace_sample_rate: float = Field(
+        0.0, ge=0, le=1, description="Share of requests traced (needs OTEL_EXPORTER_OTLP_ENDPOINT)."
+    )
+    trace_hash_key: str = Field(
+        "", description="Secret key for hashing user ids in traces (random per process if empty)."
+    )
     access_log: bool = Field(True, description="Log one line per request (BentoML access log).")
     track: str = Field("stable", description="Deployment track reported in responses and metrics.")
     fault_latency_ms: float = Field(0.0, ge=0, description="TEST ONLY: added latency per call.")
@@ -131,8 +137,11 @@ class BackgroundModel:
             try:
                 if delay_s:
                     time.sleep(delay_s)
+                from recsys.tracing import untraced
+
                 model, version = load()
-                self_test(model)
+                with untraced():
+                    self_test(model)
             except Exception as exc:  # stays unready; the reason is logged once and kept
                 self.error = f"{type(exc).__name__}: {exc}"
                 self._log.error("%s model failed to load, staying unready: %s", name, self.error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import bentoml
 
@@ -49,10 +50,44 @@ LATENCY_BUCKETS = [
 ]
 
 
+def tracing_config() -> dict:
+    """BentoML tracing options from the standard OTEL_* variables plus our sample rate.
+
+    BentoML's sample rate defaults to 0 and ignores OTEL_TRACES_SAMPLER, so it is set here from
+    RECSYS_TRACE_SAMPLE_RATE. Without an OTLP endpoint no exporter is configured at all.
+    """
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if not endpoint or SETTINGS.trace_sample_rate <= 0:
+        return {"sample_rate": 0.0}
+    # The exporter reads the endpoint, headers and timeout from the OTEL_* variables itself.
+    return {
+        "exporter_type": "otlp",
+        "sample_rate": SETTINGS.trace_sample_rate,
+        "excluded_urls": ["/metrics", "/readyz", "/livez", "/healthz", "/docs.json"],
+        "otlp": {"protocol": "http"},
+    }
+
+
+def install_tracing() -> None:
+    """Make BentoML's tracer provider the global one, so `recsys.tracing` spans are exported.
+
+    BentoML builds its provider from the `tracing` config but keeps it to itself; our stage
+    spans (ANN search, features, prediction, re-ranking) use the global OpenTelemetry API.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from opentelemetry import trace
+
+    if SETTINGS.trace_sample_rate > 0:
+        trace.set_tracer_provider(BentoMLContainer.tracer_provider.get())
+
+
 def service_config(**extra) -> dict:
     """BentoML service options every service shares (workers, timeout, metric buckets)."""
     return {
         "workers": SETTINGS.workers,
+        "tracing": tracing_config(),
         "traffic": {"timeout": SETTINGS.request_timeout_s},
         "metrics": {"enabled": True, "duration": {"buckets": LATENCY_BUCKETS}},
         "logging": {"access": {"enabled": SETTINGS.access_log}},

@@ -11,11 +11,13 @@ from pydantic import BaseModel, Field, field_validator
 
 from recsys.artifacts import load_ranker
 from recsys.serving import BackgroundModel, ItemId, ModelNotReady, UserId, inject_faults
+from recsys.tracing import hash_id, set_attributes
 from services.common import (
     MODEL_INFO,
     SETTINGS,
     RequestSizeLimit,
     bad_request,
+    install_tracing,
     packed_model,
     service_config,
 )
@@ -51,6 +53,7 @@ class Ranking:
     model_ref = packed_model(SETTINGS.ranking_model_tag)
 
     def __init__(self) -> None:
+        install_tracing()
         self.loaded = BackgroundModel(
             "ranking",
             lambda: load_ranker(SETTINGS.ranking_model_tag),
@@ -85,6 +88,12 @@ class Ranking:
             [c.source == "popular" for c in candidates],
         )
         order = np.argsort(-scores, kind="stable")
+        set_attributes(
+            user_hash=hash_id(user_id),
+            candidates=len(candidates),
+            unknown_items=int(np.isinf(scores).sum()),
+            model_version=self.loaded.version,
+        )
         items = [
             {
                 "item_id": candidates[i].item_id,

@@ -25,12 +25,14 @@ from recsys.serving import (
     fallback_reason,
     inject_faults,
 )
+from recsys.tracing import SpanKind, hash_id, mark_error, set_attributes, tracer
 from services.common import (
     FALLBACKS,
     MODEL_INFO,
     SETTINGS,
     RequestSizeLimit,
     bad_request,
+    install_tracing,
     service_config,
 )
 from services.ranking import Ranking
@@ -62,6 +64,7 @@ class Recommender:
     ranking = bentoml.depends(Ranking)
 
     def __init__(self) -> None:
+        install_tracing()
         self.popular = BackgroundModel("popularity", _load_popular, _check_popular)
 
     def __is_ready__(self) -> bool:
@@ -82,12 +85,22 @@ class Recommender:
             if item["item_id"] not in exclude
         ]
 
+    async def _call(self, stage: str, request, timeout: float):
+        """A dependency call inside a CLIENT span; failures mark the span as an error."""
+        with tracer.start_as_current_span(stage, kind=SpanKind.CLIENT) as span:
+            try:
+                return await asyncio.wait_for(request, timeout)
+            except Exception as exc:
+                mark_error(span, exc)
+                raise
+
     async def _pipeline(self, user_id: str, k: int, exclude_items: list[str]) -> dict:
         """retrieve -> rank -> cap categories -> top k; each stage falls back on failure."""
         degraded: list[dict] = []
         versions: dict[str, str] = {}
         try:
-            retrieved = await asyncio.wait_for(
+            retrieved = await self._call(
+                "Retrieval.retrieve",
                 self.retrieval.to_async.retrieve(
                     user_id=user_id, k=SETTINGS.num_candidates, exclude_items=exclude_items
                 ),
@@ -97,10 +110,13 @@ class Recommender:
             versions["retrieval"] = retrieved["model_version"]
         except Exception as exc:
             self._fallback("retrieval", exc, degraded)
-            candidates = self._popular(set(exclude_items))[: SETTINGS.num_candidates]
+            with tracer.start_as_current_span("popularity_fallback") as span:
+                candidates = self._popular(set(exclude_items))[: SETTINGS.num_candidates]
+                set_attributes(span, candidates=len(candidates))
             versions["popularity"] = self.popular.version
         try:
-            ranked = await asyncio.wait_for(
+            ranked = await self._call(
+                "Ranking.rank",
                 self.ranking.to_async.rank(user_id=user_id, candidates=candidates),
                 SETTINGS.ranking_timeout_s,
             )
@@ -109,7 +125,17 @@ class Recommender:
         except Exception as exc:
             self._fallback("ranking", exc, degraded)
             items = candidates
-        top = cap_categories(items, k, SETTINGS.category_cap)
+        with tracer.start_as_current_span("rerank") as span:
+            top = cap_categories(items, k, SETTINGS.category_cap)
+            set_attributes(span, category_cap=SETTINGS.category_cap, returned=len(top))
+        set_attributes(
+            user_hash=hash_id(user_id),
+            k=k,
+            candidates=len(candidates),
+            degraded=bool(degraded),
+            fallback_reason=",".join(f"{d['stage']}:{d['reason']}" for d in degraded) or None,
+            **{f"model_version.{stage}": version for stage, version in versions.items()},
+        )
         return {
             "items": [
                 {"item_id": i["item_id"], "score": i["score"], "category": i.get("category", "")}
@@ -178,7 +204,8 @@ class Recommender:
         try:
             await inject_faults(SETTINGS)
             try:
-                found = await asyncio.wait_for(
+                found = await self._call(
+                    "Retrieval.similar_items",
                     self.retrieval.to_async.similar_items(item_id=item_id, k=k),
                     SETTINGS.retrieval_timeout_s,
                 )

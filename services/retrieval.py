@@ -9,11 +9,13 @@ from pydantic import Field
 
 from recsys.artifacts import load_retrieval
 from recsys.serving import BackgroundModel, ItemId, ModelNotReady, UserId, inject_faults
+from recsys.tracing import hash_id, set_attributes
 from services.common import (
     MODEL_INFO,
     SETTINGS,
     RequestSizeLimit,
     bad_request,
+    install_tracing,
     packed_model,
     service_config,
 )
@@ -34,6 +36,7 @@ class Retrieval:
     model_ref = packed_model(SETTINGS.retrieval_model_tag)
 
     def __init__(self) -> None:
+        install_tracing()
         self.loaded = BackgroundModel(
             "retrieval",
             lambda: load_retrieval(SETTINGS.retrieval_model_tag),
@@ -62,11 +65,16 @@ class Retrieval:
             return bad_request(ctx, str(exc), status=503)
         await inject_faults(SETTINGS)
         candidates = model.retrieve(user_id, k, exclude_items, exclude_seen)
-        return {
-            "candidates": candidates,
-            "cold_start": model.is_cold(model.users.index_of(user_id)),
-            "model_version": self.loaded.version,
-        }
+        cold = model.is_cold(model.users.index_of(user_id))
+        set_attributes(
+            user_hash=hash_id(user_id),
+            k=k,
+            candidates=len(candidates),
+            cold_start=cold,
+            excluded=len(exclude_items),
+            model_version=self.loaded.version,
+        )
+        return {"candidates": candidates, "cold_start": cold, "model_version": self.loaded.version}
 
     @bentoml.api
     async def similar_items(

@@ -1,0 +1,117 @@
+"""Leakage-safe splits.
+
+Chronological (default): train < validation_start <= validation < test_start <= test. The ranker
+learns labels from the validation window with features computed only from the train window; the
+evaluated models see only events before the test window.
+
+Random (per-user holdout, for comparison with published benchmark tables): each user's events
+are shuffled and a `ratio` share stays in history; the rest is held out. The same holdout is
+applied once more inside the history to get the ranker's label set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from recsys.data import schema
+from recsys.errors import DataError
+
+SplitKind = Literal["chronological", "random"]
+
+
+@dataclass
+class Split:
+    """Three disjoint event sets and the times before which features may look."""
+
+    kind: SplitKind
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    validation_start: pd.Timestamp
+    test_start: pd.Timestamp
+
+    @property
+    def history_before_test(self) -> pd.DataFrame:
+        """Everything the final models may learn from: train and validation events."""
+        return pd.concat([self.train, self.validation], ignore_index=True)
+
+    def describe(self) -> dict:
+        def window(frame: pd.DataFrame) -> dict:
+            ts = frame[schema.TIMESTAMP]
+            return {
+                "events": len(frame),
+                "users": int(frame[schema.USER_ID].nunique()),
+                "start": ts.min().isoformat() if len(frame) else None,
+                "end": ts.max().isoformat() if len(frame) else None,
+            }
+
+        return {
+            "kind": self.kind,
+            "validation_start": self.validation_start.isoformat(),
+            "test_start": self.test_start.isoformat(),
+            "train": window(self.train),
+            "validation": window(self.validation),
+            "test": window(self.test),
+        }
+
+
+def chronological_split(
+    interactions: pd.DataFrame, validation_days: float = 14, test_days: float = 14
+) -> Split:
+    """Split by time: the last `test_days` are test, the `validation_days` before are validation."""
+    ts = interactions[schema.TIMESTAMP]
+    if ts.empty:
+        raise DataError("cannot split an empty interaction log")
+    end = ts.max() + pd.Timedelta(seconds=1)
+    test_start = end - pd.Timedelta(days=test_days)
+    validation_start = test_start - pd.Timedelta(days=validation_days)
+    if validation_start <= ts.min():
+        span_days = (end - ts.min()) / pd.Timedelta(days=1)
+        raise DataError(
+            f"the log spans {span_days:.1f} days, too short for {validation_days} validation days "
+            f"plus {test_days} test days; pass smaller --validation-days/--test-days"
+        )
+    train = interactions[ts < validation_start]
+    validation = interactions[(ts >= validation_start) & (ts < test_start)]
+    test = interactions[ts >= test_start]
+    return Split(
+        "chronological",
+        train.reset_index(drop=True),
+        validation.reset_index(drop=True),
+        test.reset_index(drop=True),
+        validation_start,
+        test_start,
+    )
+
+
+def _holdout_mask(frame: pd.DataFrame, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """True for rows held out: per user, the events past the first `ratio` share of a shuffle."""
+    keys = pd.Series(rng.random(len(frame)), index=frame.index)
+    order = keys.groupby(frame[schema.USER_ID]).rank(method="first")
+    counts = frame.groupby(schema.USER_ID)[schema.USER_ID].transform("size")
+    keep = np.maximum(np.ceil(counts * ratio), 1)
+    return (order > keep).to_numpy()
+
+
+def random_split(interactions: pd.DataFrame, ratio: float = 0.75, seed: int = 0) -> Split:
+    """Per-user random holdout: `ratio` of each user's events in history, the rest in test."""
+    if not 0.0 < ratio < 1.0:
+        raise DataError(f"--ratio must be within (0, 1), got {ratio}")
+    rng = np.random.default_rng(seed)
+    held_out = _holdout_mask(interactions, ratio, rng)
+    history, test = interactions[~held_out], interactions[held_out]
+    label = _holdout_mask(history, ratio, rng)
+    # Without time order every feature is computed "as of" the end of the log.
+    cutoff = interactions[schema.TIMESTAMP].max() + pd.Timedelta(seconds=1)
+    return Split(
+        "random",
+        history[~label].reset_index(drop=True),
+        history[label].reset_index(drop=True),
+        test.reset_index(drop=True),
+        cutoff,
+        cutoff,
+    )
