@@ -299,6 +299,32 @@ def serve(
         server.stop()
 
 
+@app.command("traces")
+def traces(
+    port: Annotated[int, typer.Option(min=0, max=65535, help="OTLP/HTTP port to listen on")] = 4318,
+    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+) -> None:
+    """Receive OTLP/HTTP traces and print each span (a local stand-in for Jaeger or Tempo)."""
+    import threading
+
+    from recsys.otlp import format_span, run_receiver
+
+    def show(spans) -> None:
+        for span in spans:
+            console.print(format_span(span), highlight=False, markup=False, soft_wrap=True)
+
+    with run_receiver(port, host, on_spans=show) as receiver:
+        console.print(
+            f"listening on {receiver.endpoint}/v1/traces; serve with "
+            f"OTEL_EXPORTER_OTLP_ENDPOINT={receiver.endpoint} RECSYS_TRACE_SAMPLE_RATE=1 "
+            "(Ctrl+C stops)"
+        )
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            console.print("stopped")
+
+
 @models_app.command("list")
 def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,

@@ -276,7 +276,7 @@ def test_otel_wiring(chart, helpers):
     for deployment in helpers.objects_of(objects, "Deployment"):
         env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
         track = deployment["spec"]["template"]["metadata"]["labels"]["track"]
-        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability.svc:4317"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability.svc:4318"
         assert env["OTEL_SERVICE_NAME"] == f"recsys-{component_of(deployment)}"
         attributes = dict(pair.split("=", 1) for pair in env["OTEL_RESOURCE_ATTRIBUTES"].split(","))
         assert attributes["deployment.environment.name"] == "production"
@@ -287,6 +287,12 @@ def test_otel_wiring(chart, helpers):
         assert attributes["recsys.track"] == track
         assert attributes["team"] == "recsys"
         assert env["RECSYS_TRACE_SAMPLE_RATE"] == "0.05"
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+        hash_key = next(
+            e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            if e["name"] == "RECSYS_TRACE_HASH_KEY"
+        )
+        assert hash_key["valueFrom"]["secretKeyRef"] == {"name": "recsys-trace-key", "key": "key"}
         assert env["RECSYS_NUM_CANDIDATES"] == "200"
 
 

@@ -416,6 +416,15 @@ recsys.env: the container's environment for one track of one component.
   value: {{ join "," $attrs | quote }}
 - name: RECSYS_TRACE_SAMPLE_RATE
   value: {{ $v.otel.sampleRate | toString | quote }}
+{{- with $v.otel.userHashKeySecret }}
+{{- if .name }}
+- name: RECSYS_TRACE_HASH_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name | quote }}
+      key: {{ .key | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- with $c.extraEnv }}
 {{ toYaml . }}
