@@ -63,6 +63,22 @@ class ServingSettings(BaseSettings):
     )
     access_log: bool = Field(True, description="Log one line per request (BentoML access log).")
     track: str = Field("stable", description="Deployment track reported in responses and metrics.")
+    inline: bool = Field(
+        False, description="Gateway runs both stages in its own process (single-node form)."
+    )
+    gateway_max_in_flight: int = Field(
+        64, ge=0, description="Requests in flight per gateway worker before 503 (0: no limit)."
+    )
+    stage_max_in_flight: int = Field(
+        256, ge=0, description="Requests in flight per stage worker before 503 (0: no limit)."
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds on a shed request.")
+    breaker_failures: int = Field(
+        5, ge=1, description="Consecutive stage failures that open its circuit breaker."
+    )
+    breaker_reset_s: float = Field(
+        2.0, gt=0, description="Seconds an open circuit waits before a half-open probe."
+    )
     fault_latency_ms: float = Field(0.0, ge=0, description="TEST ONLY: added latency per call.")
     fault_error_rate: float = Field(
         0.0, ge=0, le=1, description="TEST ONLY: share of calls that fail with an error."
@@ -166,6 +182,31 @@ class BackgroundModel:
             why = self.error or "still loading"
             raise ModelNotReady(f"{self.name} model is not ready: {why}")
         return self.model
+
+
+def rank_candidates(ranker, user_id: str, candidates: list[dict]) -> list[dict]:
+    """Candidates (dicts from retrieval) ordered by the ranker's score, unknown items last."""
+    import numpy as np
+
+    if not candidates:
+        return []
+    scores = ranker.score(
+        user_id,
+        [c["item_id"] for c in candidates],
+        [c.get("score", 0.0) for c in candidates],
+        [c.get("source") == "popular" for c in candidates],
+    )
+    order = np.argsort(-scores, kind="stable")
+    return [
+        {
+            "item_id": candidates[i]["item_id"],
+            "score": float(scores[i]) if np.isfinite(scores[i]) else None,
+            "retrieval_score": candidates[i].get("score", 0.0),
+            "source": candidates[i].get("source", "ann"),
+            "category": candidates[i].get("category", ""),
+        }
+        for i in order.tolist()
+    ]
 
 
 def fallback_reason(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = "services.recommender:Recommender"
+INLINE_GATEWAY = "services.inline:InlineRecommender"
 STAGES = ("Retrieval", "Ranking")
 
 
@@ -135,10 +136,14 @@ def _launch(
 
 
 def start_all(
-    port: int, env: Mapping[str, str] | None = None, log_dir: Path = Path("/tmp/recsys-logs")
+    port: int,
+    env: Mapping[str, str] | None = None,
+    log_dir: Path = Path("/tmp/recsys-logs"),
+    gateway: str = GATEWAY,
 ) -> ServerProcess:
-    """`bentoml serve` of the gateway, which starts both stages as local processes."""
-    args = ["bentoml", "serve", GATEWAY, "--host", "127.0.0.1", "--port", str(port)]
+    """`bentoml serve` of a gateway: the split one starts both stages as local processes, the
+    inline one (`INLINE_GATEWAY`) runs them inside its own process."""
+    args = ["bentoml", "serve", gateway, "--host", "127.0.0.1", "--port", str(port)]
     return _launch("stack", args, port, env, log_dir)
 
 
@@ -170,10 +175,13 @@ def start_service(
 
 @contextlib.contextmanager
 def serve_all(
-    env: Mapping[str, str] | None = None, port: int | None = None, timeout: float = 120.0
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    timeout: float = 120.0,
+    gateway: str = GATEWAY,
 ) -> Iterator[ServerProcess]:
-    """Run the whole stack in one `bentoml serve`; yields once the gateway is ready."""
-    server = start_all(port or free_port(), env)
+    """Run the whole stack in one `bentoml serve`; yields once the gateway and stages are ready."""
+    server = start_all(port or free_port(), env, gateway=gateway)
     try:
         server.wait_ready(timeout)
         server.wait_stages(timeout)

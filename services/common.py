@@ -18,6 +18,16 @@ FALLBACKS = bentoml.metrics.Counter(
     documentation="Responses served by a fallback, by failed stage and reason.",
     labelnames=["stage", "reason"],
 )
+CIRCUIT_STATE = bentoml.metrics.Gauge(
+    name="recsys_circuit_state",
+    documentation="Gateway circuit breaker per stage: 0 closed, 1 open, 2 half-open.",
+    labelnames=["stage"],
+)
+SHED = bentoml.metrics.Counter(
+    name="recsys_shed_total",
+    documentation="Requests refused with 503 because too many were in flight.",
+    labelnames=["component"],
+)
 MODEL_INFO = bentoml.metrics.Gauge(
     name="recsys_model_info",
     documentation="1 for the model version a service is serving, by service and track.",
@@ -132,6 +142,51 @@ class RequestSizeLimit:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+class ConcurrencyLimit:
+    """ASGI middleware: past `limit` requests in flight, answer 503 + Retry-After at once.
+
+    Shedding early keeps the latency of admitted requests bounded instead of queueing without
+    end. Probes and /metrics are never shed. A limit of 0 disables it.
+    """
+
+    BYPASS = frozenset({"/metrics", "/readyz", "/livez", "/healthz", "/stages"})
+
+    def __init__(self, app, limit: int, component: str) -> None:
+        self.app = app
+        self.limit = limit
+        self.component = component
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or self.limit <= 0 or scope["path"] in self.BYPASS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            SHED.labels(self.component).inc()
+            message = (
+                f"overloaded: {self.in_flight} requests in flight, limit {self.limit}; "
+                f"retry after {SETTINGS.retry_after_s} s"
+            )
+            body = json.dumps({"error": message}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"retry-after", str(SETTINGS.retry_after_s).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 def bad_request(ctx: bentoml.Context, message: str, status: int = 400) -> dict:

@@ -10,11 +10,19 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from recsys.artifacts import load_ranker
-from recsys.serving import BackgroundModel, ItemId, ModelNotReady, UserId, inject_faults
+from recsys.serving import (
+    BackgroundModel,
+    ItemId,
+    ModelNotReady,
+    UserId,
+    inject_faults,
+    rank_candidates,
+)
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
     MODEL_INFO,
     SETTINGS,
+    ConcurrencyLimit,
     RequestSizeLimit,
     bad_request,
     install_tracing,
@@ -41,7 +49,7 @@ class Candidate(BaseModel):
         return value
 
 
-def _self_test(ranker) -> None:
+def check_ranker(ranker) -> None:
     ids = ranker.items.ids[:5].tolist()
     scores = ranker.score("__readiness_probe__", ids, [0.0] * len(ids), [True] * len(ids))
     if not np.isfinite(scores).all():
@@ -57,7 +65,7 @@ class Ranking:
         self.loaded = BackgroundModel(
             "ranking",
             lambda: load_ranker(SETTINGS.ranking_model_tag),
-            _self_test,
+            check_ranker,
             SETTINGS.fault_load_delay_s,
         )
 
@@ -79,32 +87,17 @@ class Ranking:
         except ModelNotReady as exc:
             return bad_request(ctx, str(exc), status=503)
         await inject_faults(SETTINGS)
-        if not candidates:
-            return {"items": [], "model_version": self.loaded.version}
-        scores = ranker.score(
-            user_id,
-            [c.item_id for c in candidates],
-            [c.score for c in candidates],
-            [c.source == "popular" for c in candidates],
-        )
-        order = np.argsort(-scores, kind="stable")
+        items = rank_candidates(ranker, user_id, [c.model_dump() for c in candidates])
         set_attributes(
             user_hash=hash_id(user_id),
             candidates=len(candidates),
-            unknown_items=int(np.isinf(scores).sum()),
+            unknown_items=sum(item["score"] is None for item in items),
             model_version=self.loaded.version,
         )
-        items = [
-            {
-                "item_id": candidates[i].item_id,
-                "score": float(scores[i]) if np.isfinite(scores[i]) else None,
-                "retrieval_score": candidates[i].score,
-                "source": candidates[i].source,
-                "category": candidates[i].category,
-            }
-            for i in order.tolist()
-        ]
         return {"items": items, "model_version": self.loaded.version}
 
 
 Ranking.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
+Ranking.add_asgi_middleware(
+    ConcurrencyLimit, limit=SETTINGS.stage_max_in_flight, component="ranking"
+)

@@ -13,6 +13,7 @@ from recsys.tracing import hash_id, set_attributes
 from services.common import (
     MODEL_INFO,
     SETTINGS,
+    ConcurrencyLimit,
     RequestSizeLimit,
     bad_request,
     install_tracing,
@@ -23,7 +24,7 @@ from services.common import (
 MAX_CANDIDATES = 2000
 
 
-def _self_test(model) -> None:
+def check_retrieval(model) -> None:
     """A cold and a warm query must both return candidates before the service is ready."""
     if not model.retrieve("__readiness_probe__", 10):
         raise RuntimeError("self-test: no candidates for an unknown user")
@@ -40,7 +41,7 @@ class Retrieval:
         self.loaded = BackgroundModel(
             "retrieval",
             lambda: load_retrieval(SETTINGS.retrieval_model_tag),
-            _self_test,
+            check_retrieval,
             SETTINGS.fault_load_delay_s,
         )
 
@@ -101,3 +102,6 @@ class Retrieval:
 
 
 Retrieval.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
+Retrieval.add_asgi_middleware(
+    ConcurrencyLimit, limit=SETTINGS.stage_max_in_flight, component="retrieval"
+)

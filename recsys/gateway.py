@@ -1,0 +1,207 @@
+"""The gateway's pipeline: retrieve -> rank -> diversify -> top k, with timeouts, fallbacks and
+circuit breakers. Framework-free: the BentoML gateway passes in how to reach each stage (remote
+calls in the split deployment, direct calls in the inline one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from recsys.serving import ServingSettings, cap_categories, fallback_reason
+from recsys.tracing import SpanKind, hash_id, mark_error, set_attributes, tracer
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class CircuitOpenError(RuntimeError):
+    """A stage call was skipped because its circuit breaker is open."""
+
+
+@dataclass
+class CircuitBreaker:
+    """Stops calling a failing dependency, then lets single probes through to find recovery.
+
+    After `failure_threshold` consecutive failures the circuit opens: calls fail at once (the
+    caller falls back) for `reset_timeout_s`. Then it is half-open: one call at a time probes
+    the dependency; a success closes the circuit, a failure opens it again.
+    """
+
+    failure_threshold: int = 5
+    reset_timeout_s: float = 2.0
+    clock: Callable[[], float] = time.monotonic
+    state: str = CLOSED
+    failures: int = 0
+    opened_at: float = 0.0
+    probing: bool = False
+    on_change: Callable[[str], None] | None = field(default=None, repr=False)
+
+    def _set(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            if self.on_change:
+                self.on_change(state)
+
+    def allow(self) -> bool:
+        """Whether a call may go out now (and, when half-open, claim the single probe)."""
+        if self.state == OPEN and self.clock() - self.opened_at >= self.reset_timeout_s:
+            self._set(HALF_OPEN)
+            self.probing = False
+        if self.state == CLOSED:
+            return True
+        if self.state == HALF_OPEN and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self.failures = 0
+        self.probing = False
+        self._set(CLOSED)
+
+    def record_failure(self) -> None:
+        self.failures += 1
+        self.probing = False
+        if self.state == HALF_OPEN or self.failures >= self.failure_threshold:
+            self.opened_at = self.clock()
+            self._set(OPEN)
+
+
+RetrieveCall = Callable[[str, int, list[str]], Awaitable[dict]]
+RankCall = Callable[[str, list[dict]], Awaitable[dict]]
+SimilarCall = Callable[[str, int], Awaitable[dict]]
+FallbackHook = Callable[[str, str, BaseException], None]
+
+
+@dataclass
+class RecommendPipeline:
+    """The recommendation flow over two stages reached through the given callables."""
+
+    settings: ServingSettings
+    retrieve: RetrieveCall
+    rank: RankCall
+    similar: SimilarCall
+    popular: Callable[[], list[dict]]
+    popular_version: Callable[[], str]
+    on_fallback: FallbackHook
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+
+    def breaker(self, stage: str) -> CircuitBreaker:
+        if stage not in self.breakers:
+            self.breakers[stage] = CircuitBreaker(
+                self.settings.breaker_failures, self.settings.breaker_reset_s
+            )
+        return self.breakers[stage]
+
+    async def call(self, stage: str, span_name: str, make_request, timeout: float) -> Any:
+        """One stage call: breaker check, CLIENT span, timeout; failures mark span and breaker."""
+        breaker = self.breaker(stage)
+        with tracer.start_as_current_span(span_name, kind=SpanKind.CLIENT) as span:
+            if not breaker.allow():
+                exc = CircuitOpenError(f"{stage} circuit is open")
+                mark_error(span, exc)
+                raise exc
+            try:
+                result = await asyncio.wait_for(make_request(), timeout)
+            except Exception as exc:
+                breaker.record_failure()
+                mark_error(span, exc)
+                raise
+            breaker.record_success()
+            return result
+
+    def _fallback(self, stage: str, exc: BaseException, degraded: list[dict]) -> None:
+        reason = "circuit_open" if isinstance(exc, CircuitOpenError) else fallback_reason(exc)
+        self.on_fallback(stage, reason, exc)
+        degraded.append({"stage": stage, "reason": reason})
+
+    def popular_candidates(self, exclude: set[str], limit: int) -> list[dict]:
+        items = (item for item in self.popular() if item["item_id"] not in exclude)
+        return [{**item, "source": "popular"} for item in itertools.islice(items, limit)]
+
+    async def recommend(self, user_id: str, k: int, exclude_items: list[str]) -> dict:
+        """retrieve -> rank -> cap categories -> top k; each stage falls back on failure."""
+        settings = self.settings
+        degraded: list[dict] = []
+        versions: dict[str, str] = {}
+        try:
+            retrieved = await self.call(
+                "retrieval",
+                "Retrieval.retrieve",
+                lambda: self.retrieve(user_id, settings.num_candidates, exclude_items),
+                settings.retrieval_timeout_s,
+            )
+            candidates = retrieved["candidates"]
+            versions["retrieval"] = retrieved["model_version"]
+        except Exception as exc:
+            self._fallback("retrieval", exc, degraded)
+            with tracer.start_as_current_span("popularity_fallback") as span:
+                candidates = self.popular_candidates(set(exclude_items), settings.num_candidates)
+                set_attributes(span, candidates=len(candidates))
+            versions["popularity"] = self.popular_version()
+        try:
+            ranked = await self.call(
+                "ranking",
+                "Ranking.rank",
+                lambda: self.rank(user_id, candidates),
+                settings.ranking_timeout_s,
+            )
+            items = [item for item in ranked["items"] if item["score"] is not None]
+            versions["ranking"] = ranked["model_version"]
+        except Exception as exc:
+            self._fallback("ranking", exc, degraded)
+            items = candidates
+        with tracer.start_as_current_span("rerank") as span:
+            top = cap_categories(items, k, settings.category_cap)
+            set_attributes(span, category_cap=settings.category_cap, returned=len(top))
+        set_attributes(
+            user_hash=hash_id(user_id),
+            k=k,
+            candidates=len(candidates),
+            degraded=bool(degraded),
+            fallback_reason=",".join(f"{d['stage']}:{d['reason']}" for d in degraded) or None,
+            **{f"model_version.{stage}": version for stage, version in versions.items()},
+        )
+        return {
+            "items": [
+                {"item_id": i["item_id"], "score": i["score"], "category": i.get("category", "")}
+                for i in top
+            ],
+            "model_versions": versions,
+            "degraded": bool(degraded),
+            "degraded_reasons": degraded,
+            "track": settings.track,
+        }
+
+    async def similar_items(self, item_id: str, k: int) -> dict:
+        """Similar items from retrieval; the trending list when retrieval fails."""
+        degraded: list[dict] = []
+        try:
+            found = await self.call(
+                "retrieval",
+                "Retrieval.similar_items",
+                lambda: self.similar(item_id, k),
+                self.settings.retrieval_timeout_s,
+            )
+            items = [{key: v for key, v in i.items() if key != "source"} for i in found["items"]]
+            versions, source = {"retrieval": found["model_version"]}, found["source"]
+        except Exception as exc:
+            self._fallback("retrieval", exc, degraded)
+            items = [
+                {"item_id": i["item_id"], "score": i["score"], "category": i.get("category", "")}
+                for i in self.popular_candidates({item_id}, k)
+            ]
+            versions, source = {"popularity": self.popular_version()}, "popular"
+        return {
+            "item_id": item_id,
+            "items": items,
+            "source": source,
+            "model_versions": versions,
+            "degraded": bool(degraded),
+            "degraded_reasons": degraded,
+            "track": self.settings.track,
+        }
