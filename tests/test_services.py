@@ -323,3 +323,24 @@ def test_bentoml_build_packs_both_models(saved_tags, bentoml_home, tmp_path):
         / "Dockerfile"
     ).read_text()
     assert "\nUSER bentoml" in dockerfile  # the image runs as a non-root user
+
+
+def test_inline_gateway_serves_the_same_api(saved_tags, bentoml_home, warm_user):
+    from recsys.stack import INLINE_GATEWAY
+
+    env = {"BENTOML_HOME": str(bentoml_home)}
+    with (
+        serve_all(env=env, gateway=INLINE_GATEWAY) as server,
+        httpx.Client(base_url=server.url, timeout=20) as http,
+    ):
+        answer = http.post("/recommend", json={"user_id": warm_user, "k": 7}).json()
+        assert len(answer["items"]) == 7 and answer["degraded"] is False
+        assert answer["model_versions"] == {
+            "retrieval": saved_tags["retrieval"],
+            "ranking": saved_tags["ranking"],
+        }
+        bad = http.post("/recommend", json={"user_id": warm_user, "k": 0})
+        assert bad.status_code == 400
+        similar = http.post("/similar_items", json={"item_id": "i1", "k": 3}).json()
+        assert len(similar["items"]) == 3
+        assert http.post("/stages", json={}).json()["ranking"] is True

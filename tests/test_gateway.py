@@ -1,0 +1,218 @@
+"""The gateway pipeline, circuit breaker, category cap and load shedding without a server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from recsys.gateway import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RecommendPipeline
+from recsys.serving import ServingSettings, cap_categories
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_consecutive_failures_and_probes_once():
+    clock = FakeClock()
+    changes: list[str] = []
+    breaker = CircuitBreaker(3, 2.0, clock=clock, on_change=changes.append)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.record_failure()
+    breaker.record_success()  # a success resets the count
+    for _ in range(3):
+        assert breaker.allow()
+        breaker.record_failure()
+    assert breaker.state == OPEN and not breaker.allow()
+    clock.now = 1.9
+    assert not breaker.allow()
+    clock.now = 2.0
+    assert breaker.allow() and breaker.state == HALF_OPEN
+    assert not breaker.allow()  # one probe at a time
+    breaker.record_failure()
+    assert breaker.state == OPEN and not breaker.allow()
+    clock.now = 4.5
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state == CLOSED and breaker.allow()
+    assert changes == [OPEN, HALF_OPEN, OPEN, HALF_OPEN, CLOSED]
+
+
+CANDIDATES = [
+    {"item_id": f"i{n}", "score": 1.0 - n / 100, "source": "ann", "category": f"c{n % 2}"}
+    for n in range(20)
+]
+POPULAR = [
+    {"item_id": f"p{n}", "score": 1.0 - n / 100, "source": "popular", "category": f"c{n % 5}"}
+    for n in range(30)
+]
+
+
+def _pipeline(retrieve=None, rank=None, similar=None, **settings) -> tuple:
+    fallbacks: list[tuple[str, str]] = []
+
+    async def ok_retrieve(user_id, k, exclude):
+        return {
+            "candidates": [c for c in CANDIDATES if c["item_id"] not in exclude][:k],
+            "model_version": "r:1",
+        }
+
+    async def ok_rank(user_id, candidates):
+        ranked = sorted(candidates, key=lambda c: c["item_id"], reverse=True)
+        return {
+            "items": [{**c, "score": float(n)} for n, c in enumerate(ranked)],
+            "model_version": "k:1",
+        }
+
+    async def ok_similar(item_id, k):
+        return {"items": CANDIDATES[:k], "source": "ann", "model_version": "r:1"}
+
+    pipeline = RecommendPipeline(
+        settings=ServingSettings(category_cap=0, num_candidates=20, **settings),
+        retrieve=retrieve or ok_retrieve,
+        rank=rank or ok_rank,
+        similar=similar or ok_similar,
+        popular=lambda: POPULAR,
+        popular_version=lambda: "r:1",
+        on_fallback=lambda stage, reason, exc: fallbacks.append((stage, reason)),
+    )
+    return pipeline, fallbacks
+
+
+def test_happy_path_uses_the_ranker_order():
+    pipeline, fallbacks = _pipeline()
+    answer = asyncio.run(pipeline.recommend("u1", 3, ["i19"]))
+    assert [i["item_id"] for i in answer["items"]] == ["i9", "i8", "i7"]
+    assert answer["degraded"] is False and fallbacks == []
+    assert answer["model_versions"] == {"retrieval": "r:1", "ranking": "k:1"}
+
+
+def test_ranking_failure_keeps_retrieval_order():
+    async def broken_rank(user_id, candidates):
+        raise RuntimeError("boom")
+
+    pipeline, fallbacks = _pipeline(rank=broken_rank)
+    answer = asyncio.run(pipeline.recommend("u1", 3, []))
+    assert [i["item_id"] for i in answer["items"]] == ["i0", "i1", "i2"]
+    assert answer["degraded"] is True
+    assert answer["degraded_reasons"] == [{"stage": "ranking", "reason": "error"}]
+    assert fallbacks == [("ranking", "error")]
+
+
+def test_retrieval_timeout_falls_back_to_popularity_without_excluded_items():
+    async def slow_retrieve(user_id, k, exclude):
+        await asyncio.sleep(1)
+
+    pipeline, fallbacks = _pipeline(retrieve=slow_retrieve, retrieval_timeout_s=0.05)
+    answer = asyncio.run(pipeline.recommend("u1", 5, ["p29"]))
+    assert fallbacks == [("retrieval", "timeout")]
+    assert answer["degraded_reasons"][0] == {"stage": "retrieval", "reason": "timeout"}
+    assert "p29" not in {i["item_id"] for i in answer["items"]}
+    assert answer["model_versions"]["popularity"] == "r:1"
+    assert len(answer["items"]) == 5
+
+
+def test_open_circuit_skips_the_dead_stage():
+    calls = 0
+
+    async def dead_rank(user_id, candidates):
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("refused")
+
+    pipeline, fallbacks = _pipeline(rank=dead_rank, breaker_failures=2, breaker_reset_s=60)
+
+    async def many():
+        return [await pipeline.recommend("u1", 3, []) for _ in range(6)]
+
+    answers = asyncio.run(many())
+    assert calls == 2  # then the breaker answers without calling
+    assert all(a["degraded"] for a in answers)
+    assert [r for _, r in fallbacks] == ["unavailable"] * 2 + ["circuit_open"] * 4
+    assert pipeline.breakers["ranking"].state == OPEN
+
+
+def test_similar_items_fallback():
+    async def dead(item_id, k):
+        raise ConnectionError("refused")
+
+    pipeline, _ = _pipeline(similar=dead)
+    answer = asyncio.run(pipeline.similar_items("p0", 3))
+    assert answer["source"] == "popular" and answer["degraded"] is True
+    assert [i["item_id"] for i in answer["items"]] == ["p1", "p2", "p3"]
+
+
+def test_category_cap_never_costs_items():
+    items = [{"item_id": str(n), "category": "a" if n < 8 else "b"} for n in range(10)]
+    capped = cap_categories(items, 5, 2)
+    assert [i["item_id"] for i in capped] == ["0", "1", "8", "9", "2"]
+    assert [i["item_id"] for i in cap_categories(items, 4, 0)] == ["0", "1", "2", "3"]
+    assert len(cap_categories(items[:3], 5, 1)) == 3
+
+
+def test_concurrency_limit_sheds_with_retry_after():
+    from services.common import ConcurrencyLimit
+
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limit = ConcurrencyLimit(slow_app, limit=2, component="gateway")
+
+    async def request(path="/recommend"):
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        await limit({"type": "http", "path": path}, None, send)
+        return sent
+
+    async def scenario():
+        admitted = [asyncio.create_task(request()) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        shed = await request()
+        probe = asyncio.create_task(request("/readyz"))
+        await asyncio.sleep(0.01)
+        release.set()
+        return shed, [await t for t in admitted], await probe
+
+    shed, admitted, probe = asyncio.run(scenario())
+    assert shed[0]["status"] == 503
+    headers = dict(shed[0]["headers"])
+    assert headers[b"retry-after"] == b"1"
+    assert "limit 2" in json.loads(shed[1]["body"])["error"]
+    assert all(a[0]["status"] == 200 for a in admitted)
+    assert probe[0]["status"] == 200  # probes are never shed
+    assert limit.in_flight == 0
+
+
+@pytest.mark.parametrize(("name", "value"), [("k", 0), ("num_candidates", 1)])
+def test_settings_reject_bad_values(name, value, monkeypatch):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        ServingSettings(**{"max_k" if name == "k" else name: value})
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RECSYS_NUM_CANDIDATES", "300")
+    monkeypatch.setenv("RECSYS_CATEGORY_CAP", "0")
+    monkeypatch.setenv("RECSYS_INLINE", "true")
+    settings = ServingSettings()
+    assert (settings.num_candidates, settings.category_cap, settings.inline) == (300, 0, True)
+    monkeypatch.setenv("RECSYS_MAX_K", "not-a-number")
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="max_k"):
+        ServingSettings()
