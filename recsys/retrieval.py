@@ -6,10 +6,15 @@ training and evaluation all call the same `retrieve` code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -144,8 +149,32 @@ def trending_items(
     return order.astype(np.int64), (scores[order] / max(scores[order[0]], 1e-12)).astype(np.float32)
 
 
+@contextlib.contextmanager
+def _native_stderr_captured() -> Iterator[None]:
+    """Hold back what native code (ScaNN's absl INFO lines) writes to fd 2; replay on failure."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def build_index(vectors: np.ndarray, config: IndexConfig, num_neighbors: int = 10):
     """A ScaNN searcher for maximum inner product over `vectors`, sized from the catalog."""
+    with _native_stderr_captured():
+        return _build_index(vectors, config, num_neighbors)
+
+
+def _build_index(vectors: np.ndarray, config: IndexConfig, num_neighbors: int):
     n = len(vectors)
     builder = scann.scann_ops_pybind.builder(vectors, num_neighbors, "dot_product")
     if n < config.brute_force_below:
