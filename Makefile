@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export OPENBLAS_NUM_THREADS ?= 1
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup tools data train run evaluate test lint format clean manifests test-helm e2e-kind serve
+.PHONY: help setup tools data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -70,3 +70,9 @@ e2e-kind: setup ## Install the chart on a kind cluster, helm test, canary, roll 
 
 serve: setup ## Serve the stack on localhost:3000 with the stored models
 	$(BIN)/recsys serve --port 3000 --no-train-if-missing
+
+rehearse-canary: setup tools ## Local canary rehearsal: healthy canary promoted, bad one rolled back (~2.5 min)
+	PYTHON=$(PY) bash scripts/rehearse-canary.sh
+
+test-rollout: setup tools ## Rollout tests: analysis, helm plans, mock Kubernetes API, real Prometheus
+	$(PY) -m pytest tests/rollout

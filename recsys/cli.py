@@ -30,8 +30,11 @@ models_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+from recsys.rollout.cli import rollout_app  # noqa: E402
+
+app.add_typer(rollout_app, name="rollout")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 DataDir = Annotated[Path, typer.Option("--data", help="Directory with interactions.* and items.*")]
 
@@ -277,6 +280,12 @@ def serve(
         ):
             data_synth(out=data)
         train(data=data, out=report)
+    import signal
+
+    def stop_on_sigterm(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # stop the stack's process group too
     server = start_all(port, log_dir=Path("reports/logs"))
     try:
         with console.status(f"starting the stack on {server.url} (log: {server.log_path})"):

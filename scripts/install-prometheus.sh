@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install `promtool` (Debian package `prometheus`) when it is not on PATH.
+# Install `promtool` and the `prometheus` server (Debian package `prometheus`) when either is
+# missing from PATH. The rollout tests start a real Prometheus server on 127.0.0.1.
 #
 # The chart's tests run `promtool check rules` / `promtool test rules` on the
 # rendered PrometheusRule. Only promtool is wanted: no Prometheus daemon may be
@@ -11,7 +12,7 @@
 # Needs root (apt-get). Idempotent: exits at once when promtool is present.
 set -euo pipefail
 
-if command -v promtool >/dev/null 2>&1; then
+if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
     command -v promtool
     exit 0
 fi

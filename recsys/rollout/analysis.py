@@ -150,7 +150,9 @@ class AnalysisTarget:
             raise RolloutError(f"the analysis window must be positive, got {self.window_s}")
         object.__setattr__(self, "selector", validate_selector(self.selector))
         if self.endpoint is not None and not re.fullmatch(r"/[A-Za-z0-9_/.-]*", self.endpoint):
-            raise RolloutError(f"--endpoint must be an HTTP path like /recommend: {self.endpoint!r}")
+            raise RolloutError(
+                f"--endpoint must be an HTTP path like /recommend: {self.endpoint!r}"
+            )
 
     @property
     def service(self) -> str:
@@ -380,8 +382,7 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:g}"
 
 
-def _ceiling(name: str, observed: float | None, limit: float | None, unit: str,
-             what: str) -> Check:
+def _ceiling(name: str, observed: float | None, limit: float | None, unit: str, what: str) -> Check:
     """observed <= limit, or no data when either side is missing."""
     if observed is None or limit is None:
         missing = "canary" if observed is None else "stable"
@@ -393,8 +394,9 @@ def _ceiling(name: str, observed: float | None, limit: float | None, unit: str,
     return Check(name, status, observed, limit, detail)
 
 
-def compute_checks(component: str, stable: TrackNumbers, canary: TrackNumbers,
-                   limits: Thresholds) -> list[Check]:
+def compute_checks(
+    component: str, stable: TrackNumbers, canary: TrackNumbers, limits: Thresholds
+) -> list[Check]:
     """Every check of the canary, against slo.yaml and against stable.
 
     Comparisons with stable need stable to have served `min_requests` too; otherwise they
@@ -415,40 +417,68 @@ def compute_checks(component: str, stable: TrackNumbers, canary: TrackNumbers,
         _ceiling("p95_vs_slo", canary.p95_ms, limits.p95_ms, "ms", "canary p95"),
         _ceiling("p99_vs_slo", canary.p99_ms, limits.p99_ms, "ms", "canary p99"),
         _ceiling(
-            "p95_vs_stable", canary.p95_ms, relative_p95, "ms",
-            f"canary p95 vs {limits.max_latency_ratio:g}x stable p95",
+            "p95_vs_stable",
+            canary.p95_ms,
+            relative_p95,
+            "ms",
+            f"canary p95 vs {limits.max_latency_ratio:g}x stable p95"
+            + (f" (or stable + {limits.latency_slack_ms:g} ms)" if limits.latency_slack_ms else ""),
         ),
         _ceiling(
-            "error_ratio_vs_slo", canary.error_ratio, limits.max_error_ratio, "ratio",
+            "error_ratio_vs_slo",
+            canary.error_ratio,
+            limits.max_error_ratio,
+            "ratio",
             "canary 5xx ratio",
         ),
     ]
     if error_delta is None and canary.error_ratio is not None:
         checks.append(
-            Check("error_ratio_vs_stable", CheckStatus.NO_DATA, None,
-                  limits.max_error_ratio_delta, "5xx ratio vs stable: not enough stable data")
+            Check(
+                "error_ratio_vs_stable",
+                CheckStatus.NO_DATA,
+                None,
+                limits.max_error_ratio_delta,
+                "5xx ratio vs stable: not enough stable data",
+            )
         )
     else:
         checks.append(
-            _ceiling("error_ratio_vs_stable", error_delta, limits.max_error_ratio_delta,
-                     "ratio", "canary 5xx ratio minus stable's")
+            _ceiling(
+                "error_ratio_vs_stable",
+                error_delta,
+                limits.max_error_ratio_delta,
+                "ratio",
+                "canary 5xx ratio minus stable's",
+            )
         )
     if component == "gateway":
         checks.append(
-            _ceiling("fallback_ratio", canary.fallback_ratio, limits.max_fallback_ratio,
-                     "ratio", "canary fallback ratio")
+            _ceiling(
+                "fallback_ratio",
+                canary.fallback_ratio,
+                limits.max_fallback_ratio,
+                "ratio",
+                "canary fallback ratio",
+            )
         )
     else:
         checks.append(
-            Check("fallback_ratio", CheckStatus.NOT_APPLICABLE, None, None,
-                  "fallbacks are counted by the gateway, which cannot tell which track of a "
-                  "stage failed; stage failures show in this stage's 5xx ratio")
+            Check(
+                "fallback_ratio",
+                CheckStatus.NOT_APPLICABLE,
+                None,
+                None,
+                "fallbacks are counted by the gateway, which cannot tell which track of a "
+                "stage failed; stage failures show in this stage's 5xx ratio",
+            )
         )
     return checks
 
 
-def decide(component: str, stable: TrackNumbers, canary: TrackNumbers,
-           limits: Thresholds, window_s: float) -> tuple[Verdict, str, list[Check]]:
+def decide(
+    component: str, stable: TrackNumbers, canary: TrackNumbers, limits: Thresholds, window_s: float
+) -> tuple[Verdict, str, list[Check]]:
     """The verdict of one analysis.
 
     Returns:
@@ -459,6 +489,12 @@ def decide(component: str, stable: TrackNumbers, canary: TrackNumbers,
     checks = compute_checks(component, stable, canary, limits)
     served = canary.requests or 0.0
     window = promql_duration(window_s)
+    if canary.requests is None and stable.requests is None:
+        reason = (
+            f"no request series of either track in {window}: check --selector, and that "
+            "Prometheus puts the `track` label on the series (ServiceMonitor / scrape config)"
+        )
+        return Verdict.INCONCLUSIVE, reason, checks
     if served < limits.min_requests:
         reason = (
             f"canary served {served:.0f} requests in {window}, fewer than min_requests "
@@ -476,9 +512,13 @@ def decide(component: str, stable: TrackNumbers, canary: TrackNumbers,
     return Verdict.PASS, reason, checks
 
 
-def build_report(target: AnalysisTarget, per_query: dict[str, dict[str, float | None]],
-                 limits: Thresholds, evaluated_at: float | None = None,
-                 model_versions: list[dict[str, str]] | None = None) -> AnalysisReport:
+def build_report(
+    target: AnalysisTarget,
+    per_query: dict[str, dict[str, float | None]],
+    limits: Thresholds,
+    evaluated_at: float | None = None,
+    model_versions: list[dict[str, str]] | None = None,
+) -> AnalysisReport:
     """The full report from query results ({query name: {track: value}})."""
     tracks = numbers_by_track(per_query)
     verdict, reason, checks = decide(

@@ -61,8 +61,16 @@ class HelmTarget:
 
     def get_values(self) -> list[str]:
         """argv reading the release's computed values as JSON."""
-        return [self.helm, "get", "values", self.release, *self.scope(), "--all",
-                "--output", "json"]
+        return [
+            self.helm,
+            "get",
+            "values",
+            self.release,
+            *self.scope(),
+            "--all",
+            "--output",
+            "json",
+        ]
 
     def history(self) -> list[str]:
         """argv of `helm history` as JSON."""
@@ -74,13 +82,16 @@ class Setting:
     """One `--set` (or `--set-string` for text, so a tag like 1.10 stays a string)."""
 
     key: str
-    value: str | int | bool
+    value: str | int | float | bool
 
     def flag(self) -> list[str]:
         if isinstance(self.value, bool):
             return ["--set", f"{self.key}={'true' if self.value else 'false'}"]
         if isinstance(self.value, int):
             return ["--set", f"{self.key}={self.value}"]
+        if isinstance(self.value, float):
+            text = f"{self.value:.6f}".rstrip("0").rstrip(".") or "0"
+            return ["--set", f"{self.key}={text}"]
         return ["--set-string", f"{self.key}={self.value}"]
 
 
@@ -96,15 +107,14 @@ class HelmCommand:
         """The command as one copy-pasteable shell line."""
         return shlex.join(self.argv)
 
-    def values(self) -> dict[str, str | int | bool]:
+    def values(self) -> dict[str, str | int | float | bool]:
         """The keys this command sets (empty for `helm rollback`)."""
         return {s.key: s.value for s in self.settings}
 
 
 def upgrade(target: HelmTarget, settings: list[Setting], summary: str) -> HelmCommand:
     """`helm upgrade --reuse-values` setting exactly `settings`."""
-    argv = [target.helm, "upgrade", target.release, target.chart, *target.scope(),
-            "--reuse-values"]
+    argv = [target.helm, "upgrade", target.release, target.chart, *target.scope(), "--reuse-values"]
     for setting in settings:
         argv += setting.flag()
     if target.wait:
@@ -176,8 +186,10 @@ class ChartValues:
         canary = self.canary(name)
         image = (canary.get("image") or {}).get("tag") or "(stable image)"
         model = canary.get("modelTag") or ""
-        return f"image {image}" + (f", model {model}" if model else "") + (
-            f", weight {self.canary_weight(name)}%"
+        return (
+            f"image {image}"
+            + (f", model {model}" if model else "")
+            + (f", weight {self.canary_weight(name)}%")
         )
 
 
@@ -185,11 +197,13 @@ def _check_weight(values: ChartValues, component: str, weight: int) -> None:
     top = 100 if values.weight_is_exact(component) else 99
     if not 1 <= weight <= top:
         hint = (
-            "" if top == 100 else
-            " (replica-ratio splitting cannot give the canary everything: promote instead)"
+            ""
+            if top == 100
+            else " (replica-ratio splitting cannot give the canary everything: promote instead)"
         )
-        raise RolloutError(f"--weight must be between 1 and {top} for {component}, got {weight}"
-                           + hint)
+        raise RolloutError(
+            f"--weight must be between 1 and {top} for {component}, got {weight}" + hint
+        )
 
 
 def _check_tag(flag: str, value: str) -> None:
@@ -199,9 +213,17 @@ def _check_tag(flag: str, value: str) -> None:
         raise RolloutError(f"{flag} {value!r} has characters a tag cannot have")
 
 
-def plan_start(target: HelmTarget, values: ChartValues, component: str, image_tag: str,
-               weight: int, model_tag: str | None = None, image_repository: str | None = None,
-               fault_latency_ms: int = 0, fault_error_rate: float = 0.0) -> list[HelmCommand]:
+def plan_start(
+    target: HelmTarget,
+    values: ChartValues,
+    component: str,
+    image_tag: str,
+    weight: int,
+    model_tag: str | None = None,
+    image_repository: str | None = None,
+    fault_latency_ms: int = 0,
+    fault_error_rate: float = 0.0,
+) -> list[HelmCommand]:
     """Start a canary of `component` taking `weight` percent.
 
     Every canary key is set explicitly, so nothing of an earlier canary survives
@@ -221,8 +243,9 @@ def plan_start(target: HelmTarget, values: ChartValues, component: str, image_ta
     _check_weight(values, component, weight)
     _check_tag("--image-tag", image_tag)
     if component == "gateway" and model_tag:
-        raise RolloutError("the gateway has no model: drop --model-tag (it is for retrieval "
-                           "and ranking)")
+        raise RolloutError(
+            "the gateway has no model: drop --model-tag (it is for retrieval and ranking)"
+        )
     if model_tag:
         _check_tag("--model-tag", model_tag)
     if image_repository and not _REPOSITORY.fullmatch(image_repository):
@@ -240,34 +263,15 @@ def plan_start(target: HelmTarget, values: ChartValues, component: str, image_ta
     settings += [
         Setting(f"{prefix}.weight", weight),
         Setting(f"{prefix}.faults.latencyMs", int(fault_latency_ms)),
-        # The schema wants a number; --set parses "0.1" as a float.
-        Setting(f"{prefix}.faults.errorRate", _NumberText(fault_error_rate)),
+        Setting(f"{prefix}.faults.errorRate", float(fault_error_rate)),
     ]
     what = f"start {component} canary {image_tag}" + (f" model {model_tag}" if model_tag else "")
     return [upgrade(target, settings, f"{what} at {weight}%")]
 
 
-class _NumberText(str):
-    """A number that must go through `--set` (not `--set-string`)."""
-
-    __slots__ = ()
-
-    def __new__(cls, value: float) -> _NumberText:
-        return super().__new__(cls, f"{value:g}")
-
-
-def _setting_flag(self: Setting) -> list[str]:
-    if isinstance(self.value, _NumberText):
-        return ["--set", f"{self.key}={self.value}"]
-    return _PLAIN_FLAG(self)
-
-
-_PLAIN_FLAG = Setting.flag
-Setting.flag = _setting_flag  # type: ignore[method-assign]
-
-
-def plan_set_weight(target: HelmTarget, values: ChartValues, component: str,
-                    weight: int) -> list[HelmCommand]:
+def plan_set_weight(
+    target: HelmTarget, values: ChartValues, component: str, weight: int
+) -> list[HelmCommand]:
     """Move a running canary to `weight` percent."""
     check_component(component)
     if not values.canary_enabled(component):
@@ -292,12 +296,13 @@ def plan_promote(target: HelmTarget, values: ChartValues, component: str) -> lis
     if component != "gateway" and canary.get("modelTag"):
         settings.append(Setting(f"{component}.modelTag", str(canary["modelTag"])))
     settings.append(Setting(f"{component}.canary.enabled", False))
-    return [upgrade(target, settings, f"promote {component} canary ({values.canary_summary(
-        component)})")]
+    summary = f"promote {component} canary ({values.canary_summary(component)})"
+    return [upgrade(target, settings, summary)]
 
 
-def plan_rollback(target: HelmTarget, values: ChartValues, component: str,
-                  to_revision: int | None = None) -> list[HelmCommand]:
+def plan_rollback(
+    target: HelmTarget, values: ChartValues, component: str, to_revision: int | None = None
+) -> list[HelmCommand]:
     """Send every request back to stable; stable pods are never touched.
 
     kubernetes: one upgrade, `canary.enabled=false`. kserve: first `canary.weight=0` (KServe
@@ -316,14 +321,20 @@ def plan_rollback(target: HelmTarget, values: ChartValues, component: str,
         raise NoCanaryError(f"no {component} canary is running: nothing to roll back")
     commands = []
     if values.platform == "kserve":
-        commands.append(upgrade(
-            target, [Setting(f"{component}.canary.weight", 0)],
-            f"roll back {component}: pin 100% to the previous revision",
-        ))
-    commands.append(upgrade(
-        target, [Setting(f"{component}.canary.enabled", False)],
-        f"roll back {component} canary ({values.canary_summary(component)})",
-    ))
+        commands.append(
+            upgrade(
+                target,
+                [Setting(f"{component}.canary.weight", 0)],
+                f"roll back {component}: pin 100% to the previous revision",
+            )
+        )
+    commands.append(
+        upgrade(
+            target,
+            [Setting(f"{component}.canary.enabled", False)],
+            f"roll back {component} canary ({values.canary_summary(component)})",
+        )
+    )
     return commands
 
 
@@ -342,5 +353,5 @@ def apply_settings(raw: dict[str, Any], commands: list[HelmCommand]) -> dict[str
             *parents, leaf = key.split(".")
             for part in parents:
                 node = node.setdefault(part, {})
-            node[leaf] = float(value) if isinstance(value, _NumberText) else value
+            node[leaf] = value
     return merged

@@ -107,8 +107,9 @@ def _json_or_none(body: bytes) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def analyze(client: PrometheusClient, target: AnalysisTarget, limits: Thresholds,
-            at: float | None = None) -> AnalysisReport:
+def analyze(
+    client: PrometheusClient, target: AnalysisTarget, limits: Thresholds, at: float | None = None
+) -> AnalysisReport:
     """Run every query of `target` at one instant and decide.
 
     Args:
@@ -126,8 +127,11 @@ def analyze(client: PrometheusClient, target: AnalysisTarget, limits: Thresholds
     for name, promql in target.queries().items():
         if name == "model_info":
             versions = [
-                {k: v for k, v in s["metric"].items() if k in {"track", "component",
-                                                              "model_version"}}
+                {
+                    k: v
+                    for k, v in s["metric"].items()
+                    if k in {"track", "component", "model_version"}
+                }
                 for s in client.query(promql, at)
             ]
             continue

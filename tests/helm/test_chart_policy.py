@@ -289,7 +289,8 @@ def test_otel_wiring(chart, helpers):
         assert env["RECSYS_TRACE_SAMPLE_RATE"] == "0.05"
         assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
         hash_key = next(
-            e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            e
+            for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
             if e["name"] == "RECSYS_TRACE_HASH_KEY"
         )
         assert hash_key["valueFrom"]["secretKeyRef"] == {"name": "recsys-trace-key", "key": "key"}
