@@ -8,10 +8,11 @@ BIN := $(VENV)/bin
 DATA ?= data
 REPORT ?= reports/latest
 PYTEST_ARGS ?=
+LOADTEST_ARGS ?=
 export OPENBLAS_NUM_THREADS ?= 1
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup tools data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout
+.PHONY: help setup tools data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -76,3 +77,9 @@ rehearse-canary: setup tools ## Local canary rehearsal: healthy canary promoted,
 
 test-rollout: setup tools ## Rollout tests: analysis, helm plans, mock Kubernetes API, real Prometheus
 	$(PY) -m pytest tests/rollout
+
+loadtest: setup ## SLO-gated load test (CI profile) on a local stack; LOADTEST_ARGS="--host URL" targets a deployment
+	$(PY) -m loadtests.run $(LOADTEST_ARGS)
+
+loadtest-capacity: setup ## Capacity search: closed-loop step load up to 32 users on a local stack
+	$(PY) -m loadtests.run --shape step --users 32 --user-rate 0 --duration 5m --abort-after 0 $(LOADTEST_ARGS)

@@ -1,0 +1,347 @@
+"""Run the SLO-gated load test: `python -m loadtests.run [--host URL] [--shape constant] ...`.
+
+Without --host it starts the local stack (gateway + Retrieval + Ranking, one `bentoml serve` on a
+free 127.0.0.1 port, models from the BentoML store), writes the retrieval model's user ids for the
+locustfile, runs Locust headless in its own process, stops the stack and exits with Locust's exit
+code (0 pass, 99 SLO breach, 1 request errors, 3 unusable configuration). With --host it only runs
+Locust against that deployment.
+
+Locust runs as a separate process on purpose: gevent must patch the standard library before
+anything else is imported, and the project's heavy modules (xgboost, kserve) break if it does so
+late. This module imports no Locust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import psutil
+
+from loadtests import load_shapes, slo_gate
+
+LOADTEST_DIR = Path(__file__).resolve().parent
+REPO_ROOT = LOADTEST_DIR.parent
+LOCUSTFILE = LOADTEST_DIR / "locustfile.py"
+GRACE_S = 60.0  # Locust start-up and shutdown on top of --duration before the run is killed
+EXIT_OVERRUN = 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The runner's options; the defaults are the CI gate (8 users x 2 req/s for 60 s)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.run",
+        description="SLO-gated Locust load test of the recsys gateway (local stack or --host).",
+        epilog="Arguments after `--` go to Locust unchanged. Exit codes: 0 pass, 99 SLO breach, "
+        "1 request errors (Locust's --exit-code-on-error), 3 unusable configuration, "
+        "4 the run overran its time limit.",
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("RECSYS_LOADTEST_HOST"),
+        help="Gateway URL of an existing deployment; without it the local stack is started.",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=load_shapes.SHAPES,
+        default="constant",
+        help="Load shape (default: constant, the CI gate).",
+    )
+    parser.add_argument("--users", type=int, default=8, help="Peak simulated users (default: 8).")
+    parser.add_argument(
+        "--spawn-rate", type=float, default=8.0, help="Users started per second (default: 8)."
+    )
+    parser.add_argument(
+        "--user-rate",
+        type=float,
+        default=2.0,
+        help="Requests/s per user; 0 = closed loop (default: 2).",
+    )
+    parser.add_argument(
+        "--duration",
+        default=None,
+        help="Run length, e.g. 45s, 5m (default per shape: constant 60s, step 5m, "
+        "spike 2m, soak 30m).",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=5, help="Equal user increments of the step shape (default: 5)."
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=10.0, help="Seconds left out of the verdict (default: 10)."
+    )
+    parser.add_argument(
+        "--window", type=float, default=10.0, help="Seconds per early-abort window (default: 10)."
+    )
+    parser.add_argument(
+        "--abort-after",
+        type=int,
+        default=3,
+        help="Windows of the same breach that stop the run (default: 3, 0: never).",
+    )
+    parser.add_argument(
+        "--min-rps-check",
+        choices=("auto", "enforce", "report"),
+        default="auto",
+        help="Throughput floors: auto (those the offered load reaches), enforce, report.",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="Locust worker processes (default: 1; -1 = one per core).",
+    )
+    parser.add_argument(
+        "--slo-file",
+        default=str(REPO_ROOT / "slo.yaml"),
+        help="SLO file (default: the repository's slo.yaml).",
+    )
+    parser.add_argument(
+        "--out",
+        default=str(REPO_ROOT / "reports" / "loadtest"),
+        help="Directory for verdict.json and report.html (default: reports/loadtest).",
+    )
+    parser.add_argument(
+        "--users-file",
+        default=None,
+        help="Known user ids, one per line (default: the stored retrieval "
+        "model's users when the stack is local, else u0..u19999).",
+    )
+    parser.add_argument(
+        "--stack-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="Environment of the local stack, e.g. RECSYS_FAULT_LATENCY_MS=80 "
+        "(repeatable; ignored with --host).",
+    )
+    return parser
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    """`NAME=VALUE` strings to a mapping; raises ValueError on a pair without `=`."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--stack-env expects NAME=VALUE, got {pair!r}")
+        env[name] = value
+    return env
+
+
+def locust_command(
+    args: argparse.Namespace, host: str, out: Path, users_file: str | None
+) -> list[str]:
+    """The Locust command line of a run."""
+    duration = args.duration or f"{load_shapes.DEFAULT_RUN_TIME_S[args.shape]:g}s"
+    command = [
+        sys.executable, "-m", "locust",
+        "--locustfile", str(LOCUSTFILE),
+        "--headless", "--only-summary",
+        "--host", host,
+        "--users", str(args.users),
+        "--spawn-rate", f"{args.spawn_rate:g}",
+        "--run-time", duration,
+        "--shape", args.shape,
+        "--steps", str(args.steps),
+        "--user-rate", f"{args.user_rate:g}",
+        "--warmup", f"{args.warmup:g}",
+        "--window", f"{args.window:g}",
+        "--abort-after", str(args.abort_after),
+        "--min-rps-check", args.min_rps_check,
+        "--slo-file", str(args.slo_file),
+        "--verdict-file", str(out / "verdict.json"),
+        "--html", str(out / "report.html"),
+    ]  # fmt: skip
+    if users_file:
+        command += ["--users-file", users_file]
+    if args.processes != 1:
+        command += ["--processes", str(args.processes)]
+    return command
+
+
+def run_locust(
+    command: Sequence[str], time_limit_s: float, env: Mapping[str, str] | None = None
+) -> int:
+    """Run Locust in its own process group; kill it all if it overruns `time_limit_s`."""
+    process = subprocess.Popen(
+        list(command),
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        return process.wait(time_limit_s)
+    except subprocess.TimeoutExpired:
+        print(f"load test overran its {time_limit_s:.0f}s limit and was killed", file=sys.stderr)
+        return EXIT_OVERRUN
+    except KeyboardInterrupt:
+        os.killpg(process.pid, signal.SIGINT)  # Locust stops, and still judges what it saw
+        return process.wait(30)
+    finally:
+        if process.poll() is None:  # overrun, or the runner itself is being stopped
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so the stack and Locust are stopped on the way out."""
+
+    def handler(signum, _frame) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+class CPUAccount:
+    """Where this machine's CPU went while Locust ran: the stack, the load generator, the rest.
+
+    The generator and the local stack share the machine's cores; a latency verdict taken while
+    other processes (another test suite, a build) also used them says little about the service.
+    `other_share` makes that visible in the verdict.
+    """
+
+    def __init__(self, stack_pid: int | None = None) -> None:
+        self.stack = psutil.Process(stack_pid) if stack_pid else None
+        self.me = psutil.Process()
+
+    @staticmethod
+    def _busy_seconds() -> float:
+        times = psutil.cpu_times()
+        idle = sum(getattr(times, name, 0.0) for name in ("idle", "iowait", "guest", "guest_nice"))
+        return sum(times) - idle
+
+    def _stack_seconds(self) -> float:
+        if self.stack is None:
+            return 0.0
+        total = 0.0
+        for process in [self.stack, *self.stack.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
+
+    def _own_seconds(self) -> tuple[float, float]:
+        mine = self.me.cpu_times()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped: Locust and its workers
+        return mine.user + mine.system, children.ru_utime + children.ru_stime
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.busy, self.stack_cpu = self._busy_seconds(), self._stack_seconds()
+        self.runner_cpu, self.generator_cpu = self._own_seconds()
+
+    def stop(self) -> dict:
+        """Shares of all cores over the run (0..1); call after Locust has exited."""
+        wall = max(time.monotonic() - self.started, 1e-9)
+        capacity = wall * (psutil.cpu_count() or 1)
+        runner_cpu, generator_cpu = self._own_seconds()
+        busy = self._busy_seconds() - self.busy
+        stack = self._stack_seconds() - self.stack_cpu
+        generator = generator_cpu - self.generator_cpu
+        other = max(busy - stack - generator - (runner_cpu - self.runner_cpu), 0.0)
+        return {
+            "cores": psutil.cpu_count() or 1,
+            "wall_s": round(wall, 1),
+            "busy_share": round(busy / capacity, 3),
+            "stack_share": round(stack / capacity, 3) if self.stack else None,
+            "generator_share": round(generator / capacity, 3),
+            "other_share": round(other / capacity, 3),
+        }
+
+
+def write_known_users(directory: Path) -> str:
+    """The stored retrieval model's user ids, one per line (imports the project's model code)."""
+    from recsys.artifacts import load_retrieval
+    from recsys.serving import ServingSettings
+
+    model, tag = load_retrieval(ServingSettings().retrieval_model_tag)
+    path = directory / "known-users.txt"
+    path.write_text("\n".join(str(user) for user in model.users.ids) + "\n")
+    print(f"known users: {len(model.users.ids)} from {tag}", flush=True)
+    return str(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        extra = argv[argv.index("--") + 1 :]
+        argv = argv[: argv.index("--")]
+    args = build_parser().parse_args(argv)
+    stop_on_sigterm()
+    try:
+        slo_gate.load_thresholds(args.slo_file)  # fail before any server starts
+        stack_env = parse_env(args.stack_env)
+        duration_s = load_shapes.parse_duration(
+            args.duration or load_shapes.DEFAULT_RUN_TIME_S[args.shape]
+        )
+    except (slo_gate.SLOFileError, ValueError) as exc:
+        print(f"load test: {exc}", file=sys.stderr)
+        return slo_gate.EXIT_CONFIG_ERROR
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    verdict_path = out / "verdict.json"
+    verdict_path.unlink(missing_ok=True)  # never report a previous run's verdict
+    time_limit = duration_s + GRACE_S
+
+    with ExitStack() as stack:
+        host, users_file = args.host, args.users_file
+        if not host:
+            from recsys.errors import RecsysError
+            from recsys.stack import serve_all
+
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsys-lt-")))
+            try:
+                users_file = users_file or write_known_users(work)
+            except RecsysError as exc:
+                print(
+                    f"load test: no usable model in the BentoML store ({exc}); "
+                    "train one first (make train)",
+                    file=sys.stderr,
+                )
+                return slo_gate.EXIT_CONFIG_ERROR
+            print("starting the local stack ...", flush=True)
+            server = stack.enter_context(serve_all(env=stack_env))
+            host = server.url
+            print(f"stack ready at {host} (log: {server.log_path})", flush=True)
+        command = locust_command(args, host, out, users_file) + extra
+        account = CPUAccount(None if args.host else server.process.pid)
+        account.start()
+        code = run_locust(command, time_limit)
+        machine = account.stop()
+
+    print(
+        f"CPU over the run ({machine['cores']} cores): "
+        + (f"stack {machine['stack_share']:.0%}, " if machine["stack_share"] is not None else "")
+        + f"load generator {machine['generator_share']:.0%}, "
+        f"other processes {machine['other_share']:.0%}",
+        flush=True,
+    )
+    if verdict_path.exists():
+        verdict = json.loads(verdict_path.read_text())
+        verdict["machine"] = machine
+        verdict_path.write_text(json.dumps(verdict, indent=2) + "\n")
+        breaches = ", ".join(f"{b['endpoint']}.{b['metric']}" for b in verdict["breaches"])
+        print(
+            f"outcome: {verdict['outcome']} (exit code {code})"
+            + (f"; breached: {breaches}" if breaches else ""),
+            flush=True,
+        )
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
