@@ -9,10 +9,11 @@ DATA ?= data
 REPORT ?= reports/latest
 PYTEST_ARGS ?=
 LOADTEST_ARGS ?=
+SOAK_DURATION ?= 30m
 export OPENBLAS_NUM_THREADS ?= 1
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup tools data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity
+.PHONY: help setup tools data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -83,3 +84,9 @@ loadtest: setup ## SLO-gated load test (CI profile) on a local stack; LOADTEST_A
 
 loadtest-capacity: setup ## Capacity search: closed-loop step load up to 32 users on a local stack
 	$(PY) -m loadtests.run --shape step --users 32 --user-rate 0 --duration 5m --abort-after 0 $(LOADTEST_ARGS)
+
+test-resilience: setup ## Stage kill/restart, spike, model roll under Locust load, schemathesis fuzzing (~3 min)
+	$(PY) -m pytest tests/resilience tests/fuzz $(PYTEST_ARGS)
+
+soak: setup ## Hold moderate load on the split stack for SOAK_DURATION; errors and RSS growth (make train first)
+	$(PY) scripts/soak.py --duration $(SOAK_DURATION)

@@ -59,11 +59,15 @@ class CircuitBreaker:
         return False
 
     def record_success(self) -> None:
+        if self.state == OPEN:  # a call let through before the opening: not a probe
+            return
         self.failures = 0
         self.probing = False
         self._set(CLOSED)
 
     def record_failure(self) -> None:
+        if self.state == OPEN:  # a late failure of a call from before the opening
+            return
         self.failures += 1
         self.probing = False
         if self.state == HALF_OPEN or self.failures >= self.failure_threshold:
@@ -105,8 +109,19 @@ class RecommendPipeline:
                 exc = CircuitOpenError(f"{stage} circuit is open")
                 mark_error(span, exc)
                 raise exc
+
+            async def attempt():
+                try:
+                    return await make_request()
+                except Exception as exc:
+                    if fallback_reason(exc) != "unavailable":
+                        raise
+                    # The pooled connection was closed under us (the stage's keep-alive ended,
+                    # or the client renewed its session): once more, on a fresh connection.
+                    return await make_request()
+
             try:
-                result = await asyncio.wait_for(make_request(), timeout)
+                result = await asyncio.wait_for(attempt(), timeout)
             except Exception as exc:
                 breaker.record_failure()
                 mark_error(span, exc)

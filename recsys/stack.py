@@ -98,17 +98,48 @@ class ServerProcess:
         raise TimeoutError(f"stages not ready after {timeout}s: {status}\n{self.log()[-3000:]}")
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the whole process group, SIGKILL what is left after `timeout`."""
-        if not self.alive():
-            return
+        """SIGTERM the process tree, SIGKILL whatever is left after `timeout`.
+
+        BentoML starts its workers in sessions of their own, so the process group alone misses
+        them: the descendants are collected before signalling, and each is checked afterwards.
+        """
+        import psutil
+
+        try:
+            tree = [psutil.Process(self.process.pid)]
+            tree += tree[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+        for proc in tree[1:]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(1)
+
+
+def _own_home(env: Mapping[str, str], home: Path) -> Path:
+    """A BENTOML_HOME for one server that shares the model store of the configured one.
+
+    BentoML keeps its Prometheus multiprocess files under BENTOML_HOME and wipes them when a
+    server starts, so two servers sharing a home would erase and mix each other's metrics.
+    """
+    models = Path(env.get("BENTOML_HOME") or Path.home() / "bentoml") / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    models = models.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    link = home / "models"
+    if link.is_symlink() and link.resolve() != models:
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(models, target_is_directory=True)
+    return home
 
 
 def _launch(
@@ -122,6 +153,7 @@ def _launch(
         "BENTOML_DO_NOT_TRACK": "true",
         **(env or {}),
     }
+    full_env["BENTOML_HOME"] = str(_own_home(full_env, log_dir / f"home-{name.lower()}-{port}"))
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", *args],

@@ -99,6 +99,9 @@ def service_config(**extra) -> dict:
         "workers": SETTINGS.workers,
         "tracing": tracing_config(),
         "traffic": {"timeout": SETTINGS.request_timeout_s},
+        # Read by the *caller* of this service: BentoML's client otherwise closes its session,
+        # in-flight calls included, after every 100 requests.
+        "runner_connection": {"max_requests": 1_000_000_000},
         "metrics": {"enabled": True, "duration": {"buckets": LATENCY_BUCKETS}},
         "logging": {"access": {"enabled": SETTINGS.access_log}},
         **extra,
@@ -115,33 +118,74 @@ def packed_model(tag: str):
     return reference if reference.stored is not None else None
 
 
+# Media types the APIs take: JSON from callers, BentoML's pickle between gateway and stages
+# (BentoML itself refuses pickle on the public gateway). Anything else, forms and multipart
+# included, would reach BentoML's form parser, whose errors surface as 500.
+ACCEPTED_MEDIA_TYPES = frozenset({"application/json", "application/vnd.bentoml+pickle"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+async def _refuse(send, status: int, message: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps({"error": message}).encode()})
+
+
 class RequestSizeLimit:
-    """ASGI middleware: bodies over the limit get 413 before they are read."""
+    """ASGI middleware: before BentoML parses a body, refuse one over the limit (413), with or
+    without a Content-Length header, and a media type the APIs do not take (415)."""
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
+    def _too_large(self, size: int) -> str:
+        return (
+            f"request body is {size} bytes; the limit is "
+            f"{self.max_bytes} bytes (RECSYS_MAX_REQUEST_BYTES)"
+        )
+
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                body = json.dumps(
-                    {
-                        "error": f"request body is {int(length)} bytes; the limit is "
-                        f"{self.max_bytes} bytes (RECSYS_MAX_REQUEST_BYTES)"
-                    }
-                ).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 413,
-                        "headers": [(b"content-type", b"application/json")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        content_type = headers.get(b"content-type", b"application/json").decode("latin-1")
+        media_type = content_type.split(";")[0].strip().lower()
+        if media_type not in ACCEPTED_MEDIA_TYPES:
+            await _refuse(send, 415, f"content type {media_type!r} is not accepted; send JSON")
+            return
+        length = headers.get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                await _refuse(send, 413, self._too_large(int(length)))
                 return
-        await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
+        # No Content-Length (chunked): read at most the limit here, then hand the body on.
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await _refuse(send, 413, self._too_large(size) + " (at least)")
+                return
+            if not message.get("more_body"):
+                break
+        buffered = iter(messages)
+
+        async def replay():
+            return next(buffered, None) or await receive()
+
+        await self.app(scope, replay, send)
 
 
 class ConcurrencyLimit:
