@@ -8,7 +8,7 @@ import os
 
 import bentoml
 
-from recsys.serving import ServingSettings
+from recsys.serving import BackgroundModel, ServingSettings
 
 SETTINGS = ServingSettings()
 logger = logging.getLogger("recsys.services")
@@ -231,6 +231,24 @@ class ConcurrencyLimit:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+class StageService:
+    """A stage serving one model that loads in the background; ready after its self-test."""
+
+    component: str  # Retrieval / Ranking
+    loaded: BackgroundModel
+
+    def start_loading(self, load, self_test) -> None:
+        install_tracing()
+        self.loaded = BackgroundModel(
+            self.component.lower(), load, self_test, SETTINGS.fault_load_delay_s
+        )
+
+    def __is_ready__(self) -> bool:
+        if self.loaded.ready:
+            MODEL_INFO.labels(self.component, self.loaded.version, SETTINGS.track).set(1)
+        return self.loaded.ready
 
 
 def bad_request(ctx: bentoml.Context, message: str, status: int = 400) -> dict:

@@ -11,7 +11,6 @@ from pydantic import BaseModel, Field, field_validator
 
 from recsys.artifacts import load_ranker
 from recsys.serving import (
-    BackgroundModel,
     ItemId,
     ModelNotReady,
     UserId,
@@ -20,12 +19,11 @@ from recsys.serving import (
 )
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
-    MODEL_INFO,
     SETTINGS,
     ConcurrencyLimit,
     RequestSizeLimit,
+    StageService,
     bad_request,
-    install_tracing,
     packed_model,
     service_config,
 )
@@ -57,22 +55,12 @@ def check_ranker(ranker) -> None:
 
 
 @bentoml.service(name="Ranking", **service_config())
-class Ranking:
+class Ranking(StageService):
+    component = "Ranking"
     model_ref = packed_model(SETTINGS.ranking_model_tag)
 
     def __init__(self) -> None:
-        install_tracing()
-        self.loaded = BackgroundModel(
-            "ranking",
-            lambda: load_ranker(SETTINGS.ranking_model_tag),
-            check_ranker,
-            SETTINGS.fault_load_delay_s,
-        )
-
-    def __is_ready__(self) -> bool:
-        if self.loaded.ready:
-            MODEL_INFO.labels("Ranking", self.loaded.version, SETTINGS.track).set(1)
-        return self.loaded.ready
+        self.start_loading(lambda: load_ranker(SETTINGS.ranking_model_tag), check_ranker)
 
     @bentoml.api
     async def rank(

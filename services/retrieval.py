@@ -8,15 +8,14 @@ import bentoml
 from pydantic import Field
 
 from recsys.artifacts import load_retrieval
-from recsys.serving import BackgroundModel, ItemId, ModelNotReady, UserId, inject_faults
+from recsys.serving import ItemId, ModelNotReady, UserId, inject_faults
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
-    MODEL_INFO,
     SETTINGS,
     ConcurrencyLimit,
     RequestSizeLimit,
+    StageService,
     bad_request,
-    install_tracing,
     packed_model,
     service_config,
 )
@@ -33,22 +32,12 @@ def check_retrieval(model) -> None:
 
 
 @bentoml.service(name="Retrieval", **service_config())
-class Retrieval:
+class Retrieval(StageService):
+    component = "Retrieval"
     model_ref = packed_model(SETTINGS.retrieval_model_tag)
 
     def __init__(self) -> None:
-        install_tracing()
-        self.loaded = BackgroundModel(
-            "retrieval",
-            lambda: load_retrieval(SETTINGS.retrieval_model_tag),
-            check_retrieval,
-            SETTINGS.fault_load_delay_s,
-        )
-
-    def __is_ready__(self) -> bool:
-        if self.loaded.ready:
-            MODEL_INFO.labels("Retrieval", self.loaded.version, SETTINGS.track).set(1)
-        return self.loaded.ready
+        self.start_loading(lambda: load_retrieval(SETTINGS.retrieval_model_tag), check_retrieval)
 
     @bentoml.api
     async def retrieve(
