@@ -53,16 +53,9 @@ class BenchConfig:
     scann_builds: tuple[dict, ...] = ({}, {"leaves_per_sqrt_n": 0.5})
     scann_shares: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
     scann_reorder: tuple[int, ...] = (100, 250, 500, 1000, 2000)
-    # Served variants: the three forms, then experiments (see bench/servers.py): the GC heap
-    # frozen after model load (inline and the peer alike), and two inline workers.
-    variants: tuple[str, ...] = (
-        "split",
-        "inline",
-        "kserve",
-        "inline-gc",
-        "kserve-gc",
-        "inline-gc-w2",
-    )
+    # Served variants (see bench/servers.py): the three forms, and the inline form with two
+    # workers (one per core).
+    variants: tuple[str, ...] = ("split", "inline", "kserve", "inline-w2")
 
     def to_dict(self) -> dict:
         return asdict(self)

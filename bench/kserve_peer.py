@@ -12,8 +12,9 @@ Request (KServe v1 protocol): POST /v1/models/recsys:predict
 `{"instances": [{"user_id": "u1", "k": 10}]}` -> `{"predictions": [{"user_id", "items"}]}`.
 
 For a like-for-like comparison with our services (started with RECSYS_ACCESS_LOG=false), the
-peer logs no line per request either (KServe's latency and access logs are turned off), serves
-HTTP only (no gRPC server) and listens on 127.0.0.1 only (KServe binds 0.0.0.0 by default).
+peer logs no line per request either (KServe's latency and access logs are turned off), freezes
+the garbage collector's heap after loading the models as our services do, serves HTTP only (no
+gRPC server) and listens on 127.0.0.1 only (KServe binds 0.0.0.0 by default).
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--category-cap", type=int, default=3, help="Most items per category in a top-k list."
     )
     parser.add_argument(
-        "--gc-freeze",
+        "--no-gc-freeze",
         action="store_true",
-        help="Freeze the garbage collector's heap after loading the models.",
+        help="Leave the loaded models in the garbage collector's reach (our services freeze it).",
     )
     return parser
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         options.category_cap,
     )
     model.load()
-    if options.gc_freeze:
+    if not options.no_gc_freeze:  # as recsys.serving.BackgroundModel does after loading
         gc.collect()
         gc.freeze()
     server = kserve.ModelServer(

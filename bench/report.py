@@ -54,10 +54,9 @@ def _serving_targets(results: dict) -> list[dict]:
                 {
                     "target": f"{name}: p95 <= {slo['p95_ms']:g} ms at >= {slo['min_rps']:g} "
                     "req/s over HTTP",
-                    "measured": f"{cap:g} req/s within the SLO (p95 there "
-                    f"{_fmt(variant['p95_at_capacity_ms'])} ms)",
+                    "measured": _capacity_measured(variant),
                     "met": cap >= slo["min_rps"],
-                    "margin": f"{cap / slo['min_rps']:.2f}x the rate",
+                    "margin": f"{cap / slo['min_rps']:.2f}x the rate" if cap else "-",
                 }
             )
         sequential = results["sequential"][name]
@@ -113,6 +112,27 @@ def _ann_targets(results: dict) -> list[dict]:
             }
         )
     return rows
+
+
+def _capacity_text(variant: dict) -> str:
+    """Capacity in req/s; below the lowest step when even that one failed."""
+    if variant["capacity_rps"]:
+        return f"{variant['capacity_rps']:g} req/s"
+    lowest = min(step["offered_rps"] for step in variant["steps"])
+    return f"< {lowest:g} req/s (the lowest step failed)"
+
+
+def _capacity_measured(variant: dict) -> str:
+    if variant["capacity_rps"]:
+        return (
+            f"{variant['capacity_rps']:g} req/s within the SLO (p95 there "
+            f"{_fmt(variant['p95_at_capacity_ms'])} ms)"
+        )
+    lowest = min(variant["steps"], key=lambda step: step["offered_rps"])
+    return (
+        f"{_capacity_text(variant)}: p95 {_fmt(lowest['latency_ms']['p95'])} ms at "
+        f"{lowest['offered_rps']:g} req/s"
+    )
 
 
 def targets(results: dict) -> list[dict]:
@@ -224,7 +244,7 @@ def _section_capacity(results: dict) -> list[str]:
         rows.append(
             [
                 v["label"],
-                v["capacity_rps"],
+                _capacity_text(v),
                 v["p95_at_capacity_ms"],
                 v["server_cpu_ms_per_request_at_capacity"],
                 v["tested_up_to_rps"],
@@ -493,7 +513,7 @@ def plot_capacity(results: dict, path: Path) -> None:
             [s["latency_ms"]["p95"] for s in decided],
             marker="o",
             color=color,
-            label=f"{name} (capacity {cap['variants'][name]['capacity_rps']:g}/s)",
+            label=f"{name} (capacity {_capacity_text(cap['variants'][name])})",
         )
         disturbed = [s for s in steps if s["repeated"]]
         ax.scatter(
@@ -601,6 +621,17 @@ def plot_recall_qps(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.report [DIR]`: re-render DIR/benchmark.md and plots from its JSON."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    out = Path(args[0] if args else Path(__file__).resolve().parent / "results")
+    for path in write_report(json.loads((out / "benchmark.json").read_text()), out):
+        print(f"wrote {path}")
+
+
 def write_report(results: dict, out: Path) -> list[Path]:
     """Write benchmark.md and the plots the results allow; returns the files written."""
     written = []
@@ -615,3 +646,7 @@ def write_report(results: dict, out: Path) -> list[Path]:
         written.append(out / "recall_qps.png")
     (out / "benchmark.md").write_text(markdown(results))
     return [out / "benchmark.md", *written]
+
+
+if __name__ == "__main__":
+    main()

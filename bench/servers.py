@@ -5,10 +5,10 @@
 - inline: `services.inline:InlineRecommender` - the same API, both stages in the gateway;
 - kserve: the peer, one KServe `ModelServer` model (`bench.kserve_peer`).
 
-Suffixes make experiments of a form: `-gc` serves it through `bench.gc_frozen` (the garbage
-collector's heap frozen after model load), `-wN` runs N workers per service (e.g.
-`inline-gc-w2`). All of them load the same stored models, no access log, and no load
-shedding (RECSYS_*_MAX_IN_FLIGHT=0) so capacity is limited by the work, not by a limit.
+A `-wN` suffix runs N workers per service (e.g. `inline-w2`). All of them load the same stored
+models, freeze the garbage collector's heap after loading them (the services do it in
+`recsys.serving.BackgroundModel`, the peer in its own `load`), log no line per request and shed
+no load (RECSYS_*_MAX_IN_FLIGHT=0), so capacity is limited by the work, not by a limit.
 """
 
 from __future__ import annotations
@@ -39,15 +39,13 @@ LABELS = {
     "inline": "BentoML inline (one process)",
     "kserve": "KServe ModelServer peer (one process)",
 }
-GC_FROZEN_MODULE = "bench.gc_frozen"
 
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """A variant name parsed: form, frozen GC heap, workers per service."""
+    """A variant name parsed: form and workers per service."""
 
     form: str
-    gc_frozen: bool
     workers: int
 
     @classmethod
@@ -55,23 +53,16 @@ class VariantSpec:
         form, *flags = name.split("-")
         if form not in LABELS:
             raise ValueError(f"unknown form {form!r} in variant {name!r}: one of {list(LABELS)}")
-        workers, gc_frozen = 1, False
+        workers = 1
         for flag in flags:
-            if flag == "gc":
-                gc_frozen = True
-            elif flag.startswith("w") and flag[1:].isdigit():
-                workers = int(flag[1:])
-            else:
-                raise ValueError(f"unknown suffix -{flag} in variant {name!r}: -gc or -wN")
-        return cls(form, gc_frozen, workers)
+            if not (flag.startswith("w") and flag[1:].isdigit()):
+                raise ValueError(f"unknown suffix -{flag} in variant {name!r}: only -wN")
+            workers = int(flag[1:])
+        return cls(form, workers)
 
     def label(self) -> str:
         text = LABELS[self.form]
-        if self.gc_frozen:
-            text += ", GC heap frozen after load"
-        if self.workers > 1:
-            text += f", {self.workers} workers"
-        return text
+        return text if self.workers == 1 else f"{text}, {self.workers} workers"
 
 
 @dataclass
@@ -129,13 +120,9 @@ def bento_env(models: TrainedModels, workers: int) -> dict[str, str]:
     }
 
 
-def start_bento(
-    name: str, models: TrainedModels, log_dir: Path, workers: int = 1, gc_frozen: bool = False
-) -> Variant:
+def start_bento(name: str, models: TrainedModels, log_dir: Path, workers: int = 1) -> Variant:
     """Start the split or inline BentoML stack (returns at once; `wait` blocks until ready)."""
     gateway = {"split": GATEWAY, "inline": INLINE_GATEWAY}[name]
-    if gc_frozen:  # the same service class, imported through the module that freezes the heap
-        gateway = f"{GC_FROZEN_MODULE}:{gateway.partition(':')[2]}"
     server = start_all(free_port(), bento_env(models, workers), log_dir=log_dir, gateway=gateway)
 
     def wait(timeout: float) -> None:
@@ -160,9 +147,7 @@ def _wait_http_ok(server: ServerProcess, path: str, timeout: float) -> None:
     raise TimeoutError(f"{server.name} not ready after {timeout}s:\n{server.log()[-3000:]}")
 
 
-def start_kserve(
-    models: TrainedModels, log_dir: Path, workers: int = 1, gc_frozen: bool = False
-) -> Variant:
+def start_kserve(models: TrainedModels, log_dir: Path, workers: int = 1) -> Variant:
     """Start the KServe peer process (returns at once; `wait` blocks until the model is ready)."""
     os.environ["BENTOML_HOME"] = models.bentoml_home
     retrieval_dir, _ = model_path(models.retrieval_tag, RETRIEVAL_MODEL)
@@ -185,8 +170,6 @@ def start_kserve(
         "--num-candidates",
         "200",
     ]
-    if gc_frozen:
-        args.append("--gc-freeze")
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -218,9 +201,9 @@ def start_variants(
         for name in names:
             spec = VariantSpec.parse(name)
             if spec.form == "kserve":
-                variant = start_kserve(models, log_dir, spec.workers, spec.gc_frozen)
+                variant = start_kserve(models, log_dir, spec.workers)
             else:
-                variant = start_bento(spec.form, models, log_dir, spec.workers, spec.gc_frozen)
+                variant = start_bento(spec.form, models, log_dir, spec.workers)
             variant.name = name
             variants[name] = variant
         for name, variant in variants.items():
