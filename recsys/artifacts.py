@@ -156,15 +156,13 @@ def _model_dir(tag: str, what: str) -> tuple[Path, object]:
 
 def resolve_tag(tag: str, name: str) -> str:
     """Full `name:version` tag of a model (resolves `latest` and bare versions)."""
-    full = tag if ":" in tag else f"{name}:{tag}"
-    _, model = _model_dir(full, name)
-    return str(model.tag)
+    return model_path(tag, name)[1]
 
 
-def model_path(tag: str, name: str) -> tuple[Path, str]:
+def model_path(tag: str, name: str, what: str | None = None) -> tuple[Path, str]:
     """Directory and full tag of a stored model (`latest` and bare versions resolved)."""
     full = tag if ":" in tag else f"{name}:{tag}"
-    path, model = _model_dir(full, name)
+    path, model = _model_dir(full, what or name)
     return path, str(model.tag)
 
 
@@ -192,16 +190,14 @@ def load_ranker_dir(directory: str | Path) -> Ranker:
 
 def load_retrieval(tag: str = "latest") -> tuple[RetrievalModel, str]:
     """Load a retrieval model from the store; returns it with its full tag."""
-    full = tag if ":" in tag else f"{RETRIEVAL_MODEL}:{tag}"
-    path, model = _model_dir(full, "retrieval")
-    return load_retrieval_dir(path), str(model.tag)
+    path, full = model_path(tag, RETRIEVAL_MODEL, "retrieval")
+    return load_retrieval_dir(path), full
 
 
 def load_ranker(tag: str = "latest") -> tuple[Ranker, str]:
     """Load a ranking model from the store; returns it with its full tag."""
-    full = tag if ":" in tag else f"{RANKING_MODEL}:{tag}"
-    path, model = _model_dir(full, "ranking")
-    return load_ranker_dir(path), str(model.tag)
+    path, full = model_path(tag, RANKING_MODEL, "ranking")
+    return load_ranker_dir(path), full
 
 
 def list_models() -> list[dict]:
