@@ -151,7 +151,7 @@ def _model_dir(tag: str, what: str) -> tuple[Path, object]:
         ) from exc
     except BentoMLException as exc:
         raise ModelCorruptError(f"{what} model {tag!r} cannot be read: {exc}") from exc
-    return Path(model.path), model
+    return Path(model.path).resolve(), model
 
 
 def resolve_tag(tag: str, name: str) -> str:
@@ -169,7 +169,7 @@ def model_path(tag: str, name: str, what: str | None = None) -> tuple[Path, str]
 def load_retrieval_dir(directory: str | Path) -> RetrievalModel:
     from recsys.retrieval import RetrievalModel
 
-    directory = Path(directory)
+    directory = Path(directory).resolve()
     verify_manifest(directory, "retrieval model")
     try:
         return RetrievalModel.load(directory)
@@ -180,7 +180,7 @@ def load_retrieval_dir(directory: str | Path) -> RetrievalModel:
 def load_ranker_dir(directory: str | Path) -> Ranker:
     from recsys.ranking import Ranker
 
-    directory = Path(directory)
+    directory = Path(directory).resolve()
     verify_manifest(directory, "ranking model")
     try:
         return Ranker.load(directory)

@@ -259,10 +259,15 @@ def serve(
     report: Annotated[Path, typer.Option(help="Report directory when training")] = Path(
         "reports/latest"
     ),
+    ready_timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for every stage to become ready")
+    ] = 180.0,
 ) -> None:
     """Serve the whole stack (gateway + retrieval + ranking) on 127.0.0.1:PORT."""
+    import time
+
     from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
-    from recsys.errors import ModelMissingError
+    from recsys.errors import ModelMissingError, StackNotReadyError
     from recsys.serving import ServingSettings
     from recsys.stack import start_all
 
@@ -286,12 +291,14 @@ def serve(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)  # stop the stack's process group too
+    started = time.monotonic()
     server = start_all(port, log_dir=Path("reports/logs"))
     try:
         with console.status(f"starting the stack on {server.url} (log: {server.log_path})"):
-            server.wait_ready(180)
-            server.wait_stages(180)
-        console.print(f"[green]ready[/] on {server.url}; try:")
+            server.wait_ready(ready_timeout)
+            server.wait_stages(ready_timeout)
+        elapsed = time.monotonic() - started
+        console.print(f"[green]ready[/] on {server.url} in {elapsed:.1f} s; try:")
         console.print(
             f"  curl -s -X POST {server.url}/recommend -H 'content-type: application/json' "
             '-d \'{"user_id": "u42", "k": 10}\'',
@@ -301,7 +308,10 @@ def serve(
         )
         console.print(f"  OpenAPI docs: {server.url}/docs   metrics: {server.url}/metrics")
         console.print("Ctrl+C stops the stack.")
-        server.process.wait()
+        if server.process.wait() != 0:
+            raise StackNotReadyError(
+                f"the stack exited with code {server.process.returncode} (log: {server.log_path})"
+            )
     except KeyboardInterrupt:
         console.print("stopping")
     finally:

@@ -25,5 +25,9 @@ class ModelCorruptError(RecsysError):
     """A model artifact exists but its files are missing, altered or unreadable."""
 
 
+class StackNotReadyError(RecsysError):
+    """A server of the local stack exited or never became ready; the message says which and why."""
+
+
 class InvalidRequest(RecsysError):
     """A request is well formed JSON but asks for something impossible."""

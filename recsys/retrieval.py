@@ -226,6 +226,7 @@ def save_searcher(searcher, directory: Path) -> None:
     ScaNN writes absolute paths into scann_assets.pbtxt, which break as soon as the artifact
     is moved (into the model store, a Bento, an image).
     """
+    directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     searcher.serialize(str(directory))
     assets = directory / "scann_assets.pbtxt"
@@ -234,7 +235,12 @@ def save_searcher(searcher, directory: Path) -> None:
 
 
 def load_searcher(directory: Path):
-    """Load a searcher saved by `save_searcher`, wherever its directory now is."""
+    """Load a searcher saved by `save_searcher`, wherever its directory now is.
+
+    ScaNN joins each asset path onto the directory it is given, so both must be absolute: a
+    relative directory would be applied twice.
+    """
+    directory = Path(directory).resolve()
     text = (directory / "scann_assets.pbtxt").read_text()
     text = _ASSET_PATH.sub(lambda m: f'asset_path: "{directory / Path(m.group(1)).name}"', text)
     pybind = scann.scann_ops_pybind
@@ -446,7 +452,7 @@ class RetrievalModel:
 
     @classmethod
     def load(cls, directory: str | Path) -> RetrievalModel:
-        directory = Path(directory)
+        directory = Path(directory).resolve()
         meta = json.loads((directory / "retrieval.json").read_text())
         model = cls(
             users=Vocabulary.load(directory / "users.npy"),

@@ -10,7 +10,10 @@ Used by `recsys serve`, the tests, the load tests and the canary rehearsal. Two 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,10 +25,21 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recsys.errors import StackNotReadyError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = "services.recommender:Recommender"
 INLINE_GATEWAY = "services.inline:InlineRecommender"
 STAGES = ("Retrieval", "Ranking")
+# What `recsys.serving.BackgroundModel` logs when a model cannot be loaded.
+_LOAD_FAILURE = re.compile(r"(?P<stage>\w+) model failed to load, staying unready: (?P<error>.*)")
+
+
+@functools.cache
+def stage_token() -> str:
+    """The stage token of the servers this process starts: RECSYS_STAGE_TOKEN when set,
+    otherwise a random one made once per process (so every stack it starts is locked)."""
+    return os.environ.get("RECSYS_STAGE_TOKEN") or secrets.token_urlsafe(32)
 
 
 def free_port() -> int:
@@ -66,24 +80,51 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def load_failure(self) -> str | None:
+        """`<stage>: <error>` when a model in this server failed to load (it never retries)."""
+        match = _LOAD_FAILURE.search(self.log())
+        return f"{match['stage']}: {match['error'].strip()}" if match else None
+
+    def _not_ready(self, what: str) -> StackNotReadyError:
+        """One line saying which stage is not ready and why, naming the log for the rest."""
+        failure = self.load_failure()
+        if failure:
+            stage, error = failure.split(": ", 1)
+            return StackNotReadyError(
+                f"{self.name}: the {stage} stage never became ready: {error} (log: {self.log_path})"
+            )
+        if not self.alive():
+            lines = [line for line in self.log().splitlines() if line.strip()]
+            last = lines[-1].strip() if lines else "no output"
+            return StackNotReadyError(
+                f"{self.name} exited with code {self.process.returncode}: {last} "
+                f"(log: {self.log_path})"
+            )
+        return StackNotReadyError(f"{self.name}: {what} (log: {self.log_path})")
+
     def wait_ready(self, timeout: float = 90.0) -> None:
-        """Block until /readyz answers 200; raise with the log tail when it never does."""
+        """Block until /readyz answers 200; raise StackNotReadyError when it never will."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited early:\n{self.log()[-3000:]}")
+            if not self.alive() or self.load_failure():
+                raise self._not_ready("not ready")
             if http_status(f"{self.url}/readyz") == 200:
                 return
             time.sleep(0.25)
-        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.log()[-3000:]}")
+        raise self._not_ready(f"not ready after {timeout:g} s")
 
     def wait_stages(self, timeout: float = 90.0) -> None:
-        """Block until the gateway reports every stage ready (its `/stages` endpoint)."""
+        """Block until the gateway reports every stage ready (its `/stages` endpoint).
+
+        A model that failed to load stays unready for good, so that ends the wait at once.
+        """
         import json
 
         deadline = time.monotonic() + timeout
         status: dict = {}
         while time.monotonic() < deadline:
+            if not self.alive() or self.load_failure():
+                raise self._not_ready("stages not ready")
             request = urllib.request.Request(
                 f"{self.url}/stages", data=b"{}", headers={"content-type": "application/json"}
             )
@@ -95,7 +136,8 @@ class ServerProcess:
             except (urllib.error.URLError, OSError, ValueError):
                 pass
             time.sleep(0.25)
-        raise TimeoutError(f"stages not ready after {timeout}s: {status}\n{self.log()[-3000:]}")
+        waiting = ", ".join(name for name, ready in status.items() if not ready) or "unknown"
+        raise self._not_ready(f"stages not ready after {timeout:g} s (waiting for: {waiting})")
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process tree, SIGKILL whatever is left after `timeout`.
@@ -133,6 +175,7 @@ def _own_home(env: Mapping[str, str], home: Path) -> Path:
     models = Path(env.get("BENTOML_HOME") or Path.home() / "bentoml") / "models"
     models.mkdir(parents=True, exist_ok=True)
     models = models.resolve()
+    home = home.resolve()  # the server runs in REPO_ROOT: a relative home would point elsewhere
     home.mkdir(parents=True, exist_ok=True)
     link = home / "models"
     if link.is_symlink() and link.resolve() != models:
@@ -145,11 +188,15 @@ def _own_home(env: Mapping[str, str], home: Path) -> Path:
 def _launch(
     name: str, args: list[str], port: int, env: Mapping[str, str] | None, log_dir: Path
 ) -> ServerProcess:
+    log_dir = log_dir.resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name.lower()}-{port}.log"
     full_env = {
         **os.environ,
         "OPENBLAS_NUM_THREADS": "1",
+        # One stage token for every server this process starts (the gateway sends it, the
+        # stages require it); a caller's env can still set its own, e.g. a wrong one in a test.
+        "RECSYS_STAGE_TOKEN": stage_token(),
         "BENTOML_DO_NOT_TRACK": "true",
         **(env or {}),
     }

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from recsys.errors import StackNotReadyError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The scenario tests' topology and Locust helpers: one implementation for both.
 sys.path.insert(0, str(REPO_ROOT / "tests" / "resilience"))
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting Retrieval, Ranking and the gateway (models from {models}) ...")
         try:
             stack.start()
-        except (RuntimeError, TimeoutError) as exc:
+        except (RuntimeError, TimeoutError, StackNotReadyError) as exc:
             print(f"the stack did not start: {exc}", file=sys.stderr)
             return 2
         print(

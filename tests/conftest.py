@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -55,3 +57,39 @@ def tiny_result(tiny_data):
 @pytest.fixture(scope="session")
 def bentoml_home() -> Path:
     return _BENTOML_HOME
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """A user's working directory: default-size data and models, made by the real CLI."""
+
+    path: Path
+    bentoml_home: Path
+    env: dict[str, str]
+
+    def recsys(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run `recsys ARGS` here, as a user would from this directory."""
+        return subprocess.run(
+            [sys.executable, "-m", "recsys", *args],
+            cwd=self.path,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture(scope="session")
+def default_workdir(tmp_path_factory) -> Workdir:
+    """`recsys data synth` + `recsys train` at the default size, with relative paths only.
+
+    The BentoML home is the relative `bentoml-home` too: whatever loads the models must resolve
+    it. About 70 s on 2 cores; shared by every test that needs what `make run` serves.
+    """
+    path = tmp_path_factory.mktemp("user-workdir")
+    env = {**os.environ, "BENTOML_HOME": "bentoml-home", "OPENBLAS_NUM_THREADS": "1"}
+    workdir = Workdir(path, path / "bentoml-home", env)
+    for args in (["data", "synth", "--out", "data"], ["train", "--data", "data"]):
+        done = workdir.recsys(*args)
+        assert done.returncode == 0, f"recsys {' '.join(args)} failed:\n{done.stderr[-3000:]}"
+    return workdir
