@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, SecretStr, StringConstraints
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]*$"
@@ -60,6 +60,14 @@ class ServingSettings(BaseSettings):
     )
     trace_hash_key: str = Field(
         "", description="Secret key for hashing user ids in traces (random per process if empty)."
+    )
+    stage_token: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Shared secret the gateway sends to the stages (header X-Recsys-Stage-Token) and the"
+            " stages require on every API route. Empty: a random one for this process and its"
+            " children (what `bentoml serve` starts), so separately started stages refuse calls."
+        ),
     )
     access_log: bool = Field(True, description="Log one line per request (BentoML access log).")
     track: str = Field("stable", description="Deployment track reported in responses and metrics.")

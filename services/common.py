@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
+import secrets
 
 import bentoml
+from _bentoml_sdk.service.dependency import Dependency
+from pydantic import SecretStr
 
 from recsys.serving import BackgroundModel, ServingSettings
 
@@ -118,27 +122,149 @@ def packed_model(tag: str):
     return reference if reference.stored is not None else None
 
 
-# Media types the APIs take: JSON from callers, BentoML's pickle between gateway and stages
-# (BentoML itself refuses pickle on the public gateway). Anything else, forms and multipart
-# included, would reach BentoML's form parser, whose errors surface as 500.
-ACCEPTED_MEDIA_TYPES = frozenset({"application/json", "application/vnd.bentoml+pickle"})
+# Media types a request body may have: data only. BentoML decodes `application/vnd.bentoml+pickle`
+# with pickle.loads, which runs whatever code the bytes name, and only refuses it on the entry
+# service of a process, so a stage would run it (upstream: bentoml/BentoML#5610). Forms and
+# multipart would reach BentoML's form parser, whose errors surface as 500. A later data-only
+# format (a columnar body between gateway and stages) is added here, never a code-executing one.
+DATA_ONLY_MEDIA_TYPES = frozenset({"application/json"})
+# Named in the refusal so a caller sees why; refused like every type not in the list above.
+CODE_EXECUTING_MEDIA_TYPES = frozenset(
+    {
+        "application/vnd.bentoml+pickle",
+        "application/python-pickle",
+        "application/x-python-pickle",
+        "application/x-pickle",
+    }
+)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Paths anyone may call on a stage: Kubernetes probes and Prometheus. Everything else (the APIs,
+# the OpenAPI document, the docs UI) needs the stage token.
+OPEN_PATHS = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
+STAGE_TOKEN_HEADER = "x-recsys-stage-token"
+STAGE_AUTH_FAILURES = bentoml.metrics.Counter(
+    name="recsys_stage_auth_failures_total",
+    documentation="Stage calls refused with 401: stage token missing or wrong.",
+    labelnames=["component", "reason"],
+)
+REFUSED_MEDIA_TYPES = bentoml.metrics.Counter(
+    name="recsys_refused_media_type_total",
+    documentation="Requests refused with 415 before decoding, by component and whether the "
+    "media type can run code (pickle).",
+    labelnames=["component", "code_executing"],
+)
 
 
-async def _refuse(send, status: int, message: str) -> None:
+async def _refuse(send, status: int, message: str, headers: tuple = ()) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json")],
+            "headers": [(b"content-type", b"application/json"), *headers],
         }
     )
     await send({"type": "http.response.body", "body": json.dumps({"error": message}).encode()})
 
 
+class DataOnlyBodies:
+    """ASGI middleware: refuse (415) any request whose body is not a data-only format, before a
+    byte of it is read. Outermost of our middlewares on every service, gateway and stages alike.
+
+    Every Content-Type header is checked, not only the first or the last: BentoML reads the
+    first, so a request with two of them must not pass with an acceptable second one.
+    """
+
+    def __init__(self, app, component: str) -> None:
+        self.app = app
+        self.component = component
+
+    def _refusal(self, scope) -> str | None:
+        types = [value for name, value in scope.get("headers") or [] if name == b"content-type"]
+        if len(types) > 1:
+            return "more than one content-type header; send exactly one: application/json"
+        if not types:  # BentoML reads a body without a type as JSON
+            return None
+        media_type = types[0].decode("latin-1").split(";")[0].strip().lower()
+        if media_type in DATA_ONLY_MEDIA_TYPES:
+            return None
+        code = media_type in CODE_EXECUTING_MEDIA_TYPES or "pickle" in media_type
+        REFUSED_MEDIA_TYPES.labels(self.component, str(code).lower()).inc()
+        if code:
+            return (
+                f"content type {media_type!r} is refused: decoding it would run code sent over "
+                "the network; send application/json"
+            )
+        return f"content type {media_type!r} is not accepted; send JSON (application/json)"
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await _refuse(send, 415, refusal)
+                return
+        await self.app(scope, receive, send)
+
+
+def stage_token() -> bytes:
+    """This process's stage token (RECSYS_STAGE_TOKEN), as bytes for the constant-time check."""
+    return SETTINGS.stage_token.get_secret_value().encode()
+
+
+def ensure_stage_token() -> None:
+    """Give this process tree a random stage token when none is configured.
+
+    `bentoml serve` starts the stages as children of the process importing this module, and
+    children inherit the environment: gateway and stages then share the token, which no one
+    else knows. A stage started on its own (the split form) gets a token of its own instead, so
+    it refuses every call until all services are given the same RECSYS_STAGE_TOKEN: secure by
+    default, never open to all.
+    """
+    if SETTINGS.stage_token.get_secret_value():
+        return
+    token = secrets.token_urlsafe(32)
+    os.environ["RECSYS_STAGE_TOKEN"] = token
+    SETTINGS.stage_token = SecretStr(token)
+    logger.warning(
+        "RECSYS_STAGE_TOKEN is not set: generated a random stage token for this process and the "
+        "ones it starts. Services started separately (split form, Kubernetes) must all be given "
+        "the same RECSYS_STAGE_TOKEN, or the stages refuse the gateway's calls (401)."
+    )
+
+
+class StageTokenRequired:
+    """ASGI middleware of a stage: every route but the probes and /metrics needs the stage token
+    in the X-Recsys-Stage-Token header (compared in constant time); otherwise 401, counted.
+
+    Independent of the network: a NetworkPolicy that the cluster's network plugin does not
+    enforce, or a pod of another release, still cannot call a stage.
+    """
+
+    def __init__(self, app, component: str) -> None:
+        self.app = app
+        self.component = component
+        self.expected = stage_token()
+        self.header = STAGE_TOKEN_HEADER.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        presented = [value for name, value in scope.get("headers") or [] if name == self.header]
+        if len(presented) == 1 and hmac.compare_digest(presented[0], self.expected):
+            await self.app(scope, receive, send)
+            return
+        reason = "missing" if not presented else "invalid"
+        STAGE_AUTH_FAILURES.labels(self.component, reason).inc()
+        message = (
+            f"stage token {reason}: {self.component} answers only the gateway, which sends the "
+            f"shared secret RECSYS_STAGE_TOKEN in the {STAGE_TOKEN_HEADER} header"
+        )
+        await _refuse(send, 401, message, ((b"www-authenticate", b"RecsysStageToken"),))
+
+
 class RequestSizeLimit:
     """ASGI middleware: before BentoML parses a body, refuse one over the limit (413), with or
-    without a Content-Length header, and a media type the APIs do not take (415)."""
+    without a Content-Length header."""
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app = app
@@ -155,11 +281,6 @@ class RequestSizeLimit:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        content_type = headers.get(b"content-type", b"application/json").decode("latin-1")
-        media_type = content_type.split(";")[0].strip().lower()
-        if media_type not in ACCEPTED_MEDIA_TYPES:
-            await _refuse(send, 415, f"content type {media_type!r} is not accepted; send JSON")
-            return
         length = headers.get(b"content-length")
         if length is not None:
             if length.isdigit() and int(length) > self.max_bytes:
@@ -255,3 +376,44 @@ def bad_request(ctx: bentoml.Context, message: str, status: int = 400) -> dict:
     """Set an error status on the response and return the error body."""
     ctx.response.status_code = status
     return {"error": message}
+
+
+class StageDependency(Dependency):
+    """`bentoml.depends` for a stage, reached with JSON and the stage token.
+
+    BentoML's remote proxy for a dependency it knows by name (`bentoml serve`'s local stages,
+    `--depends Name=url`) speaks pickle; a stage refuses pickle, so the proxy is built here with
+    the data-only JSON format and the X-Recsys-Stage-Token header on every call. A dependency
+    that is not remote (left out of `--depends`) runs in this process, with no HTTP at all.
+    """
+
+    def get(self, *args, **kwargs):
+        from _bentoml_impl.client import RemoteProxy
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        if self._resolved is not None:
+            return self._resolved
+        url = BentoMLContainer.remote_runner_mapping.get().get(self.on.name)
+        if url is None:
+            return super().get(*args, **kwargs)
+        proxy = RemoteProxy(url, service=self.on, media_type="application/json")
+        # The sync client wraps the async one, whose sessions are made with these headers.
+        proxy.to_async.default_headers[STAGE_TOKEN_HEADER] = stage_token().decode()
+        return proxy.as_service()
+
+
+def depends_on_stage(stage):
+    """The gateway's handle on a stage service (see StageDependency)."""
+    return StageDependency(on=stage)
+
+
+def protect(service, component: str, *, stage: bool, max_in_flight: int) -> None:
+    """Add every service's ASGI middlewares, outermost first: refuse code-executing bodies (415),
+    then (stages) calls without the stage token (401), then oversized bodies (413), then shed
+    load past `max_in_flight` (503). Each check runs before BentoML reads the body."""
+    ensure_stage_token()
+    service.add_asgi_middleware(DataOnlyBodies, component=component)
+    if stage:
+        service.add_asgi_middleware(StageTokenRequired, component=component)
+    service.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
+    service.add_asgi_middleware(ConcurrencyLimit, limit=max_in_flight, component=component)

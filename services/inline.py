@@ -14,10 +14,9 @@ from recsys.serving import BackgroundModel, inject_faults, rank_candidates
 from services.common import (
     MODEL_INFO,
     SETTINGS,
-    ConcurrencyLimit,
-    RequestSizeLimit,
     install_tracing,
     packed_model,
+    protect,
     service_config,
 )
 from services.gateway_api import GatewayAPI, count_fallback
@@ -95,7 +94,4 @@ class InlineRecommender(GatewayAPI):
         }
 
 
-InlineRecommender.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
-InlineRecommender.add_asgi_middleware(
-    ConcurrencyLimit, limit=SETTINGS.gateway_max_in_flight, component="gateway"
-)
+protect(InlineRecommender, "gateway", stage=False, max_in_flight=SETTINGS.gateway_max_in_flight)

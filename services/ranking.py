@@ -20,11 +20,10 @@ from recsys.serving import (
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
     SETTINGS,
-    ConcurrencyLimit,
-    RequestSizeLimit,
     StageService,
     bad_request,
     packed_model,
+    protect,
     service_config,
 )
 
@@ -85,7 +84,4 @@ class Ranking(StageService):
         return {"items": items, "model_version": self.loaded.version}
 
 
-Ranking.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
-Ranking.add_asgi_middleware(
-    ConcurrencyLimit, limit=SETTINGS.stage_max_in_flight, component="ranking"
-)
+protect(Ranking, "ranking", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)

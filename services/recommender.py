@@ -19,9 +19,9 @@ from recsys.serving import BackgroundModel
 from services.common import (
     MODEL_INFO,
     SETTINGS,
-    ConcurrencyLimit,
-    RequestSizeLimit,
+    depends_on_stage,
     install_tracing,
+    protect,
     service_config,
 )
 from services.gateway_api import GatewayAPI, breaker_gauge, count_fallback
@@ -52,8 +52,9 @@ def breakers() -> dict[str, CircuitBreaker]:
 # The gateway stays ready when a stage is down (no runner probe): its fallbacks answer then.
 @bentoml.service(name="Recommender", **service_config(runner_probe={"enabled": False}))
 class Recommender(GatewayAPI):
-    retrieval = bentoml.depends(Retrieval)
-    ranking = bentoml.depends(Ranking)
+    # JSON and the stage token on every call (services.common.StageDependency).
+    retrieval = depends_on_stage(Retrieval)
+    ranking = depends_on_stage(Ranking)
 
     def __init__(self) -> None:
         install_tracing()
@@ -89,7 +90,4 @@ class Recommender(GatewayAPI):
         }
 
 
-Recommender.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
-Recommender.add_asgi_middleware(
-    ConcurrencyLimit, limit=SETTINGS.gateway_max_in_flight, component="gateway"
-)
+protect(Recommender, "gateway", stage=False, max_in_flight=SETTINGS.gateway_max_in_flight)

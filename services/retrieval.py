@@ -12,11 +12,10 @@ from recsys.serving import ItemId, ModelNotReady, UserId, inject_faults
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
     SETTINGS,
-    ConcurrencyLimit,
-    RequestSizeLimit,
     StageService,
     bad_request,
     packed_model,
+    protect,
     service_config,
 )
 
@@ -90,7 +89,4 @@ class Retrieval(StageService):
         return {"items": items, "source": "ann", "model_version": self.loaded.version}
 
 
-Retrieval.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
-Retrieval.add_asgi_middleware(
-    ConcurrencyLimit, limit=SETTINGS.stage_max_in_flight, component="retrieval"
-)
+protect(Retrieval, "retrieval", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)
