@@ -33,10 +33,10 @@ GATEWAY_CALLS = ("/recommend", "/recommend_batch", "/similar_items", "/stages")
 
 
 def assert_refused(response: httpx.Response, marker: Path) -> None:
+    assert not marker.exists(), f"the pickle payload ran: {marker} was created"
     assert response.status_code == 415, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json")
     assert "would run code" in response.json()["error"]
-    assert not marker.exists(), f"the pickle payload ran: {marker} was created"
 
 
 def probe_port(client: httpx.Client, paths, tmp_path: Path, name: str, **headers) -> None:
