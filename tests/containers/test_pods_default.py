@@ -1,0 +1,311 @@
+"""The chart's default install, run as the kubelet would: gateway, retrieval and ranking
+containers from the rendered Deployments (read-only root, tmpfs /tmp, uid 1034, no
+capabilities, CPU/memory limits), on loopback ports.
+
+Checked: the spec's startup/readiness/liveness probes pass within their budgets; the `helm
+test` pod succeeds against the gateway container; /recommend latency through the containers;
+the Locust CI gate passes while the probes keep passing; retrieval killed under load costs no
+client error and recovers after a restart; a retrieval pod given a model tag that is not in the
+image never becomes ready and says why.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import REPO_ROOT, REPORT_DIR, SCENARIOS, running_stack
+
+pytestmark = [pytest.mark.containers]
+
+GATEWAY, RETRIEVAL, RANKING = "recsys-gateway", "recsys-retrieval", "recsys-ranking"
+MISSING_TAG = "recsys-retrieval:doesnotexist"
+# Default-size synthetic data: users u0..u19999 (recsys data synth).
+KNOWN_USERS = [f"u{i}" for i in range(20_000)]
+
+
+class Client:
+    """One keep-alive HTTP connection to a gateway, like a service mesh client would hold."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.port, self.timeout = port, timeout
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def recommend(self, user_id: str, k: int = 10) -> tuple[int, dict]:
+        body = json.dumps({"user_id": user_id, "k": k})
+        for attempt in (1, 2):
+            try:
+                self.connection.request(
+                    "POST", "/recommend", body, {"Content-Type": "application/json"}
+                )
+                response = self.connection.getresponse()
+                payload = response.read()
+                try:
+                    answer = json.loads(payload)
+                except ValueError:
+                    answer = {"raw": payload[:500].decode("utf-8", "replace")}
+                return response.status, answer
+            except (http.client.HTTPException, OSError):
+                # A dropped keep-alive connection is reopened once, as HTTP clients do.
+                self.connection.close()
+                self.connection = http.client.HTTPConnection(
+                    "127.0.0.1", self.port, timeout=self.timeout
+                )
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@pytest.fixture(scope="module")
+def default_stack(chart_render, docker_bin, built_image, figures):
+    """The default install (scenario default-values.yaml) with the built image, all three
+    Deployments started at once; plus, alongside, a retrieval pod whose model tag is missing."""
+    objects = chart_render([SCENARIOS / "default-values.yaml"])
+    missing = chart_render(
+        [SCENARIOS / "default-values.yaml"], [f"retrieval.modelTag={MISSING_TAG}"]
+    )
+    with (
+        running_stack("default", objects, docker_bin, built_image) as stack,
+        running_stack("missing", missing, docker_bin, built_image, only=[RETRIEVAL]) as broken,
+    ):
+        readiness = stack.wait_all_ready()
+        problems = {d: r.detail for d, r in readiness.items() if not r.ready}
+        logs = {d: stack.docker.logs(stack.names[d], 40) for d in problems}
+        assert not problems, f"containers never became ready: {problems}\n{logs}"
+        figures.setdefault("default", {})["time_to_ready_s"] = {
+            d: round(r.seconds, 1) for d, r in readiness.items()
+        }
+        figures["default"]["memory_mib_idle"] = stack.memory()
+        yield stack, broken
+
+
+def test_probes_pass_within_the_spec_budgets(default_stack):
+    stack, _ = default_stack
+    for deployment in (GATEWAY, RETRIEVAL, RANKING):
+        container = stack.container(deployment)
+        assert stack.readiness[deployment].ready
+        assert set(container.probes) == {"startupProbe", "readinessProbe", "livenessProbe"}
+        for kind, probe in container.probes.items():
+            passed, detail = probe.check()
+            assert passed, f"{deployment} {kind} {probe.path}: {detail}"
+        assert stack.docker.running(stack.names[deployment])
+
+
+def test_containers_run_as_specified(default_stack, docker_bin):
+    """What docker actually applied: user, read-only root, tmpfs, capabilities, limits."""
+    stack, _ = default_stack
+    for deployment, name in stack.names.items():
+        host = json.loads(
+            subprocess.run(
+                [docker_bin, "inspect", "--format", "{{json .HostConfig}}", name],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        config = json.loads(
+            subprocess.run(
+                [docker_bin, "inspect", "--format", "{{json .Config}}", name],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        assert config["User"] == "1034:1034", deployment
+        assert host["ReadonlyRootfs"] is True
+        assert "/tmp" in host["Tmpfs"]
+        assert host["CapDrop"] == ["ALL"]
+        assert "no-new-privileges" in host["SecurityOpt"]
+        assert host["NanoCpus"] > 0 and host["Memory"] > 0
+        # Writes outside the emptyDir fail, as with readOnlyRootFilesystem.
+        probe = subprocess.run(
+            [docker_bin, "exec", name, "sh", "-c", "touch /home/bentoml/x 2>&1; id -u"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert "Read-only file system" in probe.stdout and probe.stdout.strip().endswith("1034")
+
+
+def test_helm_test_pod_passes_against_the_gateway(default_stack):
+    stack, _ = default_stack
+    results = stack.run_test_pods()
+    assert results, "the chart rendered no helm test pod"
+    for pod, (code, log) in results.items():
+        assert code == 0, f"{pod} failed ({code}):\n{log}"
+        assert "OK:" in log
+
+
+def test_recommend_latency_through_the_containers(default_stack, figures):
+    stack, _ = default_stack
+    client = Client(stack.container(GATEWAY).host_port)
+    rng = random.Random(11)
+    latencies, degraded = [], []
+    try:
+        for _ in range(20):  # warm-up
+            client.recommend(rng.choice(KNOWN_USERS))
+        for _ in range(500):
+            user = rng.choice(KNOWN_USERS)
+            started = time.perf_counter()
+            status, answer = client.recommend(user)
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert status == 200, answer
+            assert len(answer["items"]) == 10
+            assert set(answer["model_versions"]) >= {"retrieval", "ranking"}, answer
+            if answer["degraded"]:
+                degraded.append(answer["degraded_reasons"])
+    finally:
+        client.close()
+    assert not degraded, f"{len(degraded)} degraded answers, e.g. {degraded[:3]}"
+    cuts = statistics.quantiles(latencies, n=100)
+    figures.setdefault("default", {})["recommend_ms"] = {
+        "calls": len(latencies),
+        "p50": round(cuts[49], 2),
+        "p95": round(cuts[94], 2),
+        "p99": round(cuts[98], 2),
+    }
+
+
+class ProbeWatch:
+    """The kubelet's periodic liveness/readiness probes of running containers, in a thread:
+    counts consecutive failures; liveness reaching failureThreshold means a restart."""
+
+    def __init__(self, stack, deployments) -> None:
+        self.stack, self.deployments = stack, deployments
+        self.failures: dict[tuple[str, str], int] = {}
+        self.worst: dict[tuple[str, str], int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        next_due: dict[tuple[str, str], float] = {}
+        while not self.stop.is_set():
+            now = time.monotonic()
+            for deployment in self.deployments:
+                for kind in ("livenessProbe", "readinessProbe"):
+                    probe = self.stack.container(deployment).probes[kind]
+                    key = (deployment, kind)
+                    if now < next_due.get(key, 0):
+                        continue
+                    next_due[key] = now + probe.period_s
+                    passed, _ = probe.check()
+                    self.failures[key] = 0 if passed else self.failures.get(key, 0) + 1
+                    self.worst[key] = max(self.worst.get(key, 0), self.failures[key])
+            self.stop.wait(0.5)
+
+    def __enter__(self) -> ProbeWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_locust_ci_gate_passes_against_the_gateway_container(default_stack, figures):
+    stack, _ = default_stack
+    out = REPORT_DIR / "loadtest"
+    out_args = ["--out", str(out)]
+    with ProbeWatch(stack, [GATEWAY, RETRIEVAL, RANKING]) as watch:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "loadtests.run",
+                "--host",
+                stack.container(GATEWAY).url,
+                *out_args,
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    print(done.stdout[-3000:])
+    assert done.returncode == 0, f"Locust gate failed ({done.returncode}):\n{done.stdout[-4000:]}"
+    for (deployment, kind), streak in watch.worst.items():
+        threshold = stack.container(deployment).probes[kind].failure_threshold
+        assert streak < threshold, f"{deployment} {kind} failed {streak} times in a row under load"
+    figures.setdefault("default", {})["memory_mib_after_load"] = stack.memory()
+    verdict = json.loads((out / "verdict.json").read_text())
+    figures["default"]["locust_gate"] = {"outcome": verdict.get("outcome")}
+
+
+def test_retrieval_killed_under_load_costs_no_client_error(default_stack, figures):
+    stack, _ = default_stack
+    gateway_port = stack.container(GATEWAY).host_port
+    retrieval = stack.names[RETRIEVAL]
+    results: list[tuple[float, int, bool]] = []  # (time, status, degraded)
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def load(seed: int) -> None:
+        client, rng = Client(gateway_port), random.Random(seed)
+        try:
+            while not stop.is_set():
+                try:
+                    status, answer = client.recommend(rng.choice(KNOWN_USERS))
+                except (OSError, http.client.HTTPException) as error:
+                    errors.append(repr(error))
+                    continue
+                results.append((time.monotonic(), status, bool(answer.get("degraded"))))
+                if status != 200:
+                    errors.append(f"HTTP {status}: {json.dumps(answer)[:300]}")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=load, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(3)
+        stack.docker.run("kill", retrieval)
+        killed_at = time.monotonic()
+        time.sleep(5)
+        stack.docker.run("start", retrieval)  # the kubelet restarts the container in its pod
+        stack.started_at[RETRIEVAL] = time.monotonic()
+        readiness = stack.wait_ready(RETRIEVAL)
+        assert readiness.ready, f"retrieval did not come back: {readiness.detail}"
+        ready_at = time.monotonic()
+        time.sleep(5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not errors, f"{len(errors)} client errors, e.g. {errors[:5]}"
+    during = [r for r in results if killed_at + 1 < r[0] < killed_at + 5]
+    assert during and all(degraded for _, _, degraded in during), "fallback not seen while killed"
+    after = [r for r in results if r[0] > ready_at + 2]
+    assert after and not any(degraded for _, _, degraded in after), "still degraded after restart"
+    figures.setdefault("default", {})["retrieval_kill"] = {
+        "requests": len(results),
+        "client_errors": len(errors),
+        "degraded_answers": sum(1 for r in results if r[2]),
+        "restart_to_ready_s": round(readiness.seconds, 1),
+    }
+
+
+def test_missing_model_tag_never_becomes_ready_and_says_why(default_stack, figures):
+    _, broken = default_stack
+    container = broken.container(RETRIEVAL)
+    assert container.env["RECSYS_RETRIEVAL_MODEL_TAG"] == MISSING_TAG
+    # Its startup probe (/livez) may pass; readiness must not, for as long as we look (at
+    # least 30 s after the healthy pods were ready, far beyond their time to ready).
+    elapsed = time.monotonic() - broken.started_at[RETRIEVAL]
+    readiness = broken.wait_ready(RETRIEVAL, budget_s=max(elapsed + 5, 45))
+    assert not readiness.ready, "a retrieval pod without its model became ready"
+    log = broken.docker.logs(broken.names[RETRIEVAL], tail=400)
+    assert "doesnotexist" in log, f"the log does not name the missing model:\n{log[-3000:]}"
+    figures.setdefault("missing_model", {})["readiness"] = readiness.detail
