@@ -69,6 +69,13 @@ class ServingSettings(BaseSettings):
             " children (what `bentoml serve` starts), so separately started stages refuse calls."
         ),
     )
+    stage_token_previous: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "During a token rotation only: the old stage token, still accepted by the stages"
+            " (never sent by the gateway), so gateway and stages can restart in any order."
+        ),
+    )
     access_log: bool = Field(True, description="Log one line per request (BentoML access log).")
     track: str = Field("stable", description="Deployment track reported in responses and metrics.")
     inline: bool = Field(
@@ -224,9 +231,19 @@ def rank_candidates(ranker, user_id: str, candidates: list[dict]) -> list[dict]:
 
 
 def fallback_reason(exc: BaseException) -> str:
-    """A short, bounded label for why a dependency call failed (used in metrics)."""
+    """A short, bounded label for why a dependency call failed (used in metrics).
+
+    A stage's own refusals carry its HTTP status (`error_code` of BentoML's client errors): 503
+    is `overloaded` when it shed the call and `not_ready` while its model loads or failed to
+    load; 401/403 is `unauthorized` (a stage token mismatch).
+    """
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return "timeout"
+    status = getattr(exc, "error_code", None)
+    if status == 503:
+        return "overloaded" if "overloaded" in str(exc) else "not_ready"
+    if status in (401, 403):
+        return "unauthorized"
     name = type(exc).__name__.lower()
     if "connect" in name or isinstance(exc, ConnectionError | OSError):
         return "unavailable"

@@ -36,6 +36,9 @@ done
 helm="${HELM:-$("${repo_root}/scripts/install-helm.sh")}"
 release=recsys
 namespace=recsys
+# The stage token is a secret: the raw manifests reference a Secret the user creates (see their
+# header) instead of carrying a token that would be committed and the same for everyone.
+stage_token_secret=recsys-stage-token
 
 if [ "${sync_slo}" -eq 1 ]; then
     cp "${repo_root}/slo.yaml" "${chart}/files/slo.yaml"
@@ -71,17 +74,20 @@ generated="# Generated from helm/recsys by scripts/render-manifests.sh (release 
 monitoring_kinds="ServiceMonitor,PrometheusRule"
 
 "${helm}" template "${release}" "${chart}" --namespace "${namespace}" --skip-tests \
+    --set stageAuth.existingSecret="${stage_token_secret}" \
     --set serviceMonitor.enabled=true --set prometheusRule.enabled=true |
     write_manifest "${out_dir}/recsys.yaml" "# This example deploys the recsys stack on plain Kubernetes: gateway, retrieval and ranking
 # Deployments from one Bento image, with Services, ServiceAccounts, HPAs, PDBs, NetworkPolicies,
 # the headless -metrics Services a ServiceMonitor discovers, and the Grafana dashboard ConfigMap.
 # Prerequisites: Kubernetes >= 1.29 with metrics-server (for the HPAs); the namespace
 # (kubectl create namespace ${namespace}); the image recsys:0.1.0 (bentoml build + bentoml containerize)
-# in a registry the nodes can pull from; edit the image: fields otherwise.
+# in a registry the nodes can pull from; edit the image: fields otherwise; the stage token Secret
+# (kubectl create secret generic ${stage_token_secret} -n ${namespace} --from-literal=token=\$(openssl rand -hex 32)).
 # Apply: kubectl apply -n ${namespace} -f manifests/recsys.yaml
 ${generated}" drop "${monitoring_kinds}"
 
 "${helm}" template "${release}" "${chart}" --namespace "${namespace}" --skip-tests \
+    --set stageAuth.existingSecret="${stage_token_secret}" \
     --set serviceMonitor.enabled=true --set prometheusRule.enabled=true |
     write_manifest "${out_dir}/recsys-monitoring.yaml" "# This example adds Prometheus Operator objects for the stack of manifests/recsys.yaml: a ServiceMonitor
 # (scrapes every pod, copying the track/component/version/release labels onto the series) and a
@@ -93,6 +99,7 @@ ${generated}" drop "${monitoring_kinds}"
 ${generated}" keep "${monitoring_kinds}"
 
 "${helm}" template "${release}" "${chart}" --namespace "${namespace}" --skip-tests \
+    --set stageAuth.existingSecret="${stage_token_secret}" \
     --set platform=kserve |
     write_manifest "${out_dir}/recsys-kserve.yaml" "# This example deploys the recsys stack as three KServe InferenceServices (serving.kserve.io/v1beta1,
 # Serverless mode): each predictor is the Bento image as a custom container named kserve-container on
@@ -102,7 +109,8 @@ ${generated}" keep "${monitoring_kinds}"
 # (serving.kserve.io/enable-tag-routing gives latest- and prev- URLs to test either revision).
 # Prerequisites: KServe with Knative Serving (Serverless mode); Knative's emptyDir feature on
 # (kubernetes.podspec-emptydir, for the /tmp volume of the read-only root filesystem); the namespace
-# (kubectl create namespace ${namespace}); the image recsys:0.1.0 reachable by the nodes.
+# (kubectl create namespace ${namespace}); the image recsys:0.1.0 reachable by the nodes; the stage
+# token Secret (kubectl create secret generic ${stage_token_secret} -n ${namespace} --from-literal=token=\$(openssl rand -hex 32)).
 # Apply: kubectl apply -n ${namespace} -f manifests/recsys-kserve.yaml
 ${generated}" drop "${monitoring_kinds}"
 

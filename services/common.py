@@ -242,15 +242,22 @@ class StageTokenRequired:
     def __init__(self, app, component: str) -> None:
         self.app = app
         self.component = component
-        self.expected = stage_token()
+        previous = SETTINGS.stage_token_previous.get_secret_value().encode()
+        # The current token, and while a rotation is under way the previous one.
+        self.accepted = tuple(token for token in (stage_token(), previous) if token)
         self.header = STAGE_TOKEN_HEADER.encode()
+
+    def _valid(self, presented: bytes) -> bool:
+        # Every accepted token is compared, so the time taken does not tell which one matched.
+        matches = [hmac.compare_digest(presented, token) for token in self.accepted]
+        return any(matches)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         presented = [value for name, value in scope.get("headers") or [] if name == self.header]
-        if len(presented) == 1 and hmac.compare_digest(presented[0], self.expected):
+        if len(presented) == 1 and self._valid(presented[0]):
             await self.app(scope, receive, send)
             return
         reason = "missing" if not presented else "invalid"

@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recsys.stack import REPO_ROOT, free_port, http_status, serve_all, serve_split, start_service
+from recsys.stack import (
+    REPO_ROOT,
+    free_port,
+    http_status,
+    serve_all,
+    serve_split,
+    stage_token,
+    start_service,
+)
 
 pytestmark = pytest.mark.serving
 
@@ -247,7 +255,12 @@ def test_readiness_waits_for_the_model(saved_tags, bentoml_home):
             assert time.monotonic() < deadline and server.alive(), server.log()[-2000:]
             time.sleep(0.1)
         assert http_status(f"{server.url}/readyz") == 503
-        response = httpx.post(f"{server.url}/retrieve", json={"user_id": "u1"}, timeout=10)
+        response = httpx.post(
+            f"{server.url}/retrieve",
+            json={"user_id": "u1"},
+            headers={"x-recsys-stage-token": stage_token()},  # what the gateway sends
+            timeout=10,
+        )
         assert response.status_code == 503 and "still loading" in response.json()["error"]
         server.wait_ready(60)
     finally:

@@ -126,6 +126,14 @@ serviceAccount.create is false.
 {{- end }}
 
 {{/*
+recsys.stageTokenSecretName: the Secret holding the stage token (root context):
+stageAuth.existingSecret, or the one the chart makes, "<fullname>-stage-token".
+*/}}
+{{- define "recsys.stageTokenSecretName" -}}
+{{- .Values.stageAuth.existingSecret | default (printf "%s-stage-token" (include "recsys.fullname" .)) }}
+{{- end }}
+
+{{/*
 recsys.trackSpec: what one track of one component runs, as YAML
 {repository, tag, ref, version, modelTag}. Inheritance: canary -> component ->
 top-level image (tag defaulting to appVersion). The top-level digest pins only
@@ -367,6 +375,19 @@ recsys.env: the container's environment for one track of one component.
   value: /tmp/.cache
 - name: RECSYS_TRACK
   value: {{ .track | quote }}
+# Stage token: the gateway sends it, retrieval and ranking require it (docs/security.md). A
+# missing Secret keeps the pod from starting rather than running it unprotected.
+- name: RECSYS_STAGE_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "recsys.stageTokenSecretName" .root | quote }}
+      key: {{ $v.stageAuth.secretKey | quote }}
+- name: RECSYS_STAGE_TOKEN_PREVIOUS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "recsys.stageTokenSecretName" .root | quote }}
+      key: {{ $v.stageAuth.previousSecretKey | quote }}
+      optional: true
 {{- if and $spec.modelTag (ne .component "gateway") }}
 - name: {{ printf "RECSYS_%s_MODEL_TAG" (upper .component) }}
   value: {{ $spec.modelTag | quote }}
