@@ -14,14 +14,14 @@
 # into Debian's Python; the Bento itself runs from the /app/.venv that uv creates.
 #
 # Environment:
-#   RECSYS_BASE_IMAGE   image name to make (default recsys-base:bookworm)
+#   RECSYS_LOCAL_BASE_IMAGE  image name to make (default recsys-base:bookworm)
 #   DEBIAN_MIRROR       Debian mirror (default: the first deb.debian.org-style URI in apt's sources)
 #   DOCKER              docker client (default: scripts/install-docker.sh's answer)
 # Idempotent: returns at once when the image exists. Needs root (debootstrap).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-image="${RECSYS_BASE_IMAGE:-recsys-base:bookworm}"
+image="${RECSYS_LOCAL_BASE_IMAGE:-recsys-base:bookworm}"
 suite=bookworm
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 docker="${DOCKER:-$(bash "${repo_root}/scripts/install-docker.sh")}"

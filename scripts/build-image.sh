@@ -8,8 +8,9 @@
 #   RECSYS_RETRIEVAL_MODEL_TAG / RECSYS_RANKING_MODEL_TAG
 #                              models packed into the Bento (default: latest of each)
 #   RECSYS_BASE_IMAGE          base of the image:
-#                                local   (default) recsys-base:bookworm, made by scripts/base-image.sh
-#                                        from Debian packages when missing (no registry needed);
+#                                local   (default) recsys-base:bookworm (RECSYS_LOCAL_BASE_IMAGE),
+#                                        made by scripts/base-image.sh from Debian packages when
+#                                        missing (no registry needed);
 #                                default the bentofile's own base (BentoML's python:3.11-slim +
 #                                        apt packages), for machines that reach Docker Hub;
 #                                <image> any other local or pullable image with Python 3.11.
@@ -20,6 +21,10 @@
 #
 # The base is chosen without touching bentofile.yaml: with a base image set, a copy of it with
 # docker.base_image filled in is handed to `bentoml build -f` (same build context, same includes).
+# Either way BentoML 1.4's generated Dockerfile first runs its Debian default install command
+# (apt-get install ca-certificates gnupg2 bash build-essential git; through the host network, from
+# the mirror the base image's apt sources name), then uv installs the Bento's requirements; both
+# layers stay in Docker's cache while bentofile.yaml's packages do not change.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

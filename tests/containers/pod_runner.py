@@ -307,6 +307,12 @@ def _resolve_env(
                 env[name] = secret["stringData"][ref["key"]]
             elif secret is not None and ref["key"] in (secret.get("data") or {}):
                 env[name] = base64.b64decode(secret["data"][ref["key"]]).decode()
+            elif secret is not None:
+                # A rendered Secret without the key: optional refs are left unset; otherwise
+                # the kubelet refuses to create the container (CreateContainerConfigError).
+                if ref.get("optional"):
+                    continue
+                raise PlanError(f"{name}: Secret {ref['name']} has no key {ref['key']}")
             else:
                 # Created by the operator outside the chart: one random value per (secret, key).
                 env[name] = secret_values.setdefault(
