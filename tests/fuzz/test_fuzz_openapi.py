@@ -14,9 +14,13 @@ service behaves as designed; each is patched in the copy given to schemathesis, 
    validation errors put pydantic's list of error objects there: both are allowed.
 2. A request body whose schema has required properties is not marked `required`, so an empty
    body counts as valid, although BentoML reads it as `{}` and rightly refuses it: marked.
-3. 413 (body over RECSYS_MAX_REQUEST_BYTES) and 503 (overloaded, or model not ready) come from
-   our ASGI middlewares and handlers, which the generator cannot see: declared, with the
-   `{"error": string}` body they have.
+3. 413 (body over RECSYS_MAX_REQUEST_BYTES), 415 (a body that is not JSON) and 503
+   (overloaded, or model not ready) come from our ASGI middlewares and handlers, which the
+   generator cannot see: declared, with the `{"error": string}` body they have.
+
+The stages answer only callers holding the stage token (X-Recsys-Stage-Token), as the gateway
+does: schemathesis is given it for the stages, and every path of a stage's document is also
+called without it, which must be refused with 401 and never reach the API.
 
 One check is left out: `negative_data_rejection`. Pydantic's lax mode, which BentoML uses to
 validate inputs, converts values JSON Schema calls the wrong type (`0` to `false` for a boolean,
@@ -42,7 +46,7 @@ import httpx
 import pytest
 
 from recsys.serving import ServingSettings
-from recsys.stack import ServerProcess, free_port, start_all, start_service
+from recsys.stack import ServerProcess, free_port, stage_token, start_all, start_service
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]
 
@@ -55,6 +59,13 @@ ERROR_BODY = {
     "properties": {"error": {"type": "string"}},
 }
 LIMIT = ServingSettings().max_request_bytes
+STAGES = ("Retrieval", "Ranking")
+TOKEN_HEADER = "x-recsys-stage-token"
+
+
+def auth(name: str) -> dict[str, str]:
+    """The header the gateway sends a stage (nothing for the gateway itself)."""
+    return {TOKEN_HEADER: stage_token()} if name in STAGES else {}
 
 
 def _in_ci() -> bool:
@@ -133,7 +144,11 @@ def patched_document(document: dict) -> dict:
                 continue
             if body["content"]["application/json"]["schema"].get("required"):
                 body["required"] = True
-            for status, why in (("413", "Request body too large"), ("503", "Unavailable")):
+            for status, why in (
+                ("413", "Request body too large"),
+                ("415", "Not a JSON body"),
+                ("503", "Unavailable"),
+            ):
                 operation["responses"].setdefault(
                     status,
                     {"description": why, "content": {"application/json": {"schema": ERROR_BODY}}},
@@ -157,7 +172,7 @@ def interactions(report_dir: Path) -> list[dict]:
 @pytest.mark.parametrize("name", ["Recommender", "Retrieval", "Ranking"])
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(services, name, tmp_path, fuzz_figures):
     server = services[name]
-    document = httpx.get(f"{server.url}/docs.json", timeout=10).json()
+    document = httpx.get(f"{server.url}/docs.json", headers=auth(name), timeout=10).json()
     schema = tmp_path / "openapi.json"
     schema.write_text(json.dumps(patched_document(document)))
     report_dir = tmp_path / "report"
@@ -167,6 +182,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(services, name, tmp_p
         "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED), "--workers", "1",
         "--request-timeout", "20", "--generation-database", "none",
         "--report", "ndjson", "--report-dir", str(report_dir), "--no-color",
+        *(arg for key, value in auth(name).items() for arg in ("--header", f"{key}: {value}")),
     ]  # fmt: skip
     # Its own working directory: schemathesis reads a schemathesis.toml found there.
     result = subprocess.run(
@@ -215,7 +231,7 @@ def test_a_malformed_multipart_body_is_a_client_error(services, name, content_ty
     response = httpx.post(
         f"{services[name].url}{path}",
         content=json.dumps(body),
-        headers={"content-type": content_type},
+        headers={"content-type": content_type, **auth(name)},
         timeout=20,
     )
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
@@ -235,7 +251,7 @@ def test_a_chunked_body_over_the_limit_is_refused_unread(services, name):
     response = httpx.post(
         f"{services[name].url}{path}",
         content=chunks(),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **auth(name)},
         timeout=20,
     )
     assert response.status_code == 413, (response.status_code, response.text[:300])
@@ -252,3 +268,25 @@ def test_a_chunked_body_under_the_limit_is_served(services):
     )
     assert response.status_code == 200, response.text
     assert len(response.json()["items"]) == 3
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_a_stage_refuses_its_whole_surface_without_the_token(services, name):
+    """Every path and method of a stage's OpenAPI document, called without the stage token, is
+    refused with 401 before the API runs; only the probes and /metrics stay open."""
+    url = services[name].url
+    document = httpx.get(f"{url}/docs.json", headers=auth(name), timeout=10).json()
+    open_paths = {"/readyz", "/livez", "/healthz", "/metrics"}
+    refused = 0
+    for path, operations in document["paths"].items():
+        for method in operations:
+            response = httpx.request(method.upper(), f"{url}{path}", json={}, timeout=20)
+            if path in open_paths:
+                assert response.status_code < 500, (method, path, response.status_code)
+                continue
+            assert response.status_code == 401, (method, path, response.status_code)
+            assert "stage token missing" in response.json()["error"]
+            refused += 1
+    assert refused >= 1  # at least the stage's own API route
+    for path in ("/docs.json", "/docs", "/"):
+        assert httpx.get(f"{url}{path}", timeout=20).status_code == 401, path
