@@ -8,7 +8,7 @@ import json
 import pytest
 
 from recsys.gateway import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RecommendPipeline
-from recsys.serving import ServingSettings, cap_categories
+from recsys.serving import ServingSettings, cap_categories, fallback_reason
 
 
 class FakeClock:
@@ -216,3 +216,34 @@ def test_settings_come_from_the_environment(monkeypatch):
 
     with pytest.raises(ValidationError, match="max_k"):
         ServingSettings()
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (asyncio.TimeoutError(), "timeout"),
+        (ConnectionResetError(), "unavailable"),
+        (RuntimeError("boom"), "error"),
+    ],
+)
+def test_fallback_reason_of_plain_errors(exc, reason):
+    assert fallback_reason(exc) == reason
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        (503, '{"error": "retrieval model is not ready: still loading"}', "not_ready"),
+        (503, '{"error": "overloaded: 65 requests in flight, limit 64"}', "overloaded"),
+        (401, '{"error": "missing or wrong stage token"}', "unauthorized"),
+        (500, '{"error": "internal"}', "error"),
+    ],
+)
+def test_fallback_reason_of_a_stage_refusal(status, body, reason):
+    """What BentoML's client raises for a stage's non-2xx answer, mapped to a bounded label."""
+    from http import HTTPStatus
+
+    from bentoml.exceptions import BentoMLException
+
+    exc = BentoMLException.error_mapping.get(HTTPStatus(status), BentoMLException)
+    assert fallback_reason(exc(body, error_code=HTTPStatus(status))) == reason
