@@ -13,7 +13,7 @@ SOAK_DURATION ?= 30m
 export OPENBLAS_NUM_THREADS ?= 1
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup tools data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak bench
+.PHONY: help setup tools data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak bench audit
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -48,6 +48,9 @@ test: setup tools ## Run the whole test suite (what CI runs)
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treated as a failure"; exit 1; fi; \
 	exit $$rc
+
+audit: setup ## Dependency audit: pip-audit over the venv and the image's resolved packages (security/audit-allowlist.yaml); also run by `make test`
+	$(PY) security/audit.py
 
 lint: setup ## ruff check and format check
 	$(BIN)/ruff check .
