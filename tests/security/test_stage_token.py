@@ -109,6 +109,7 @@ def test_gateway_with_a_wrong_token_degrades_without_5xx(split, bentoml_home, wa
     assert answer["degraded"] is True
     # retrieval refused -> the popularity list, whose ranking is refused too
     assert {r["stage"] for r in answer["degraded_reasons"]} == {"retrieval", "ranking"}
+    assert {r["reason"] for r in answer["degraded_reasons"]} == {"unauthorized"}
 
 
 def test_stage_without_a_configured_token_refuses_every_call(saved_tags, bentoml_home):
