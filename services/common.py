@@ -206,7 +206,9 @@ class DataOnlyBodies:
 
 
 def stage_token() -> bytes:
-    """This process's stage token (RECSYS_STAGE_TOKEN), as bytes for the constant-time check."""
+    """This process's stage token (RECSYS_STAGE_TOKEN), as bytes for the constant-time check;
+    never empty (see ensure_stage_token)."""
+    ensure_stage_token()
     return SETTINGS.stage_token.get_secret_value().encode()
 
 

@@ -165,3 +165,40 @@ def test_token_check_costs_under_a_tenth_of_a_millisecond(security_figures):
         )
     )
     assert cost_us < 100, f"token check costs {cost_us:.1f} µs per request"
+
+
+def _status_of(app, headers) -> int:
+    """Run one request through an ASGI app in-process; the status it answered."""
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def endpoint(scope, receive, send_):
+        await send_({"type": "http.response.start", "status": 200, "headers": []})
+        await send_({"type": "http.response.body", "body": b"{}"})
+
+    scope = {"type": "http", "method": "POST", "path": "/rank", "headers": headers}
+    asyncio.run(app(endpoint)(scope, None, send))
+    return sent[0]["status"]
+
+
+def test_rotation_accepts_the_previous_token_only_while_it_is_configured(monkeypatch):
+    from pydantic import SecretStr
+
+    from services.common import SETTINGS, STAGE_TOKEN_HEADER, StageTokenRequired, stage_token
+
+    header = STAGE_TOKEN_HEADER.encode()
+
+    def guard(app):
+        return StageTokenRequired(app, component="ranking")
+
+    current = [(header, stage_token())]
+    old = [(header, b"the-old-token")]
+    assert _status_of(guard, current) == 200
+    assert _status_of(guard, old) == 401
+    monkeypatch.setattr(SETTINGS, "stage_token_previous", SecretStr("the-old-token"))
+    assert _status_of(guard, old) == 200  # mid-rotation: a gateway not yet restarted
+    assert _status_of(guard, current) == 200
+    assert _status_of(guard, [*current, *old]) == 401  # exactly one token header
+    assert _status_of(guard, [(header, b"")]) == 401
