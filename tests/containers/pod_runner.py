@@ -21,6 +21,7 @@ readiness probe's.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import re
 import secrets
@@ -523,3 +524,42 @@ def wait_until_ready(
                 )
             time.sleep(poll_s)
     return Readiness(True, time.monotonic() - started_at, detail)
+
+
+# Default-size synthetic data: users u0..u19999 (recsys data synth).
+KNOWN_USERS = [f"u{i}" for i in range(20_000)]
+
+
+class Client:
+    """One keep-alive HTTP connection to a gateway, like a service mesh client would hold."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.port, self.timeout = port, timeout
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def recommend(self, user_id: str, k: int = 10) -> tuple[int, dict]:
+        body = json.dumps({"user_id": user_id, "k": k})
+        for attempt in (1, 2):
+            try:
+                self.connection.request(
+                    "POST", "/recommend", body, {"Content-Type": "application/json"}
+                )
+                response = self.connection.getresponse()
+                payload = response.read()
+                try:
+                    answer = json.loads(payload)
+                except ValueError:
+                    answer = {"raw": payload[:500].decode("utf-8", "replace")}
+                return response.status, answer
+            except (http.client.HTTPException, OSError):
+                # A dropped keep-alive connection is reopened once, as HTTP clients do.
+                self.connection.close()
+                self.connection = http.client.HTTPConnection(
+                    "127.0.0.1", self.port, timeout=self.timeout
+                )
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.connection.close()

@@ -11,59 +11,26 @@ image never becomes ready and says why.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import random
+import resource
 import statistics
 import subprocess
 import sys
 import threading
 import time
 
+import psutil
 import pytest
-from conftest import REPO_ROOT, REPORT_DIR, SCENARIOS, running_stack
+from conftest import REPO_ROOT, REPORT_DIR, SCENARIOS, in_ci, running_stack
+from pod_runner import KNOWN_USERS, Client
 
 pytestmark = [pytest.mark.containers]
 
 GATEWAY, RETRIEVAL, RANKING = "recsys-gateway", "recsys-retrieval", "recsys-ranking"
 MISSING_TAG = "recsys-retrieval:doesnotexist"
-# Default-size synthetic data: users u0..u19999 (recsys data synth).
-KNOWN_USERS = [f"u{i}" for i in range(20_000)]
-
-
-class Client:
-    """One keep-alive HTTP connection to a gateway, like a service mesh client would hold."""
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.port, self.timeout = port, timeout
-        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-
-    def recommend(self, user_id: str, k: int = 10) -> tuple[int, dict]:
-        body = json.dumps({"user_id": user_id, "k": k})
-        for attempt in (1, 2):
-            try:
-                self.connection.request(
-                    "POST", "/recommend", body, {"Content-Type": "application/json"}
-                )
-                response = self.connection.getresponse()
-                payload = response.read()
-                try:
-                    answer = json.loads(payload)
-                except ValueError:
-                    answer = {"raw": payload[:500].decode("utf-8", "replace")}
-                return response.status, answer
-            except (http.client.HTTPException, OSError):
-                # A dropped keep-alive connection is reopened once, as HTTP clients do.
-                self.connection.close()
-                self.connection = http.client.HTTPConnection(
-                    "127.0.0.1", self.port, timeout=self.timeout
-                )
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        self.connection.close()
 
 
 @pytest.fixture(scope="module")
@@ -212,20 +179,64 @@ class ProbeWatch:
         self.thread.join()
 
 
+class CPUAccount:
+    """CPU seconds of the whole machine, of the stack's containers and of our children (Locust)
+    over a run: what is left is other work sharing the cores (like loadtests.run's account of a
+    local stack, which cannot see inside containers)."""
+
+    def __init__(self, stack) -> None:
+        self.stack = stack
+
+    def _containers(self) -> float:
+        total = 0.0
+        for name in self.stack.names.values():
+            out = self.stack.docker.run("top", name, "-eo", "pid", check=False).stdout
+            for pid in out.split()[1:]:
+                with contextlib.suppress(psutil.Error, ValueError):
+                    times = psutil.Process(int(pid)).cpu_times()
+                    total += times.user + times.system + times.children_user
+        return total
+
+    @staticmethod
+    def _busy() -> float:
+        times = psutil.cpu_times()
+        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+    @staticmethod
+    def _children() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def __enter__(self) -> CPUAccount:
+        self.start = (time.monotonic(), self._busy(), self._containers(), self._children())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall, busy, containers, children = (
+            time.monotonic() - self.start[0],
+            self._busy() - self.start[1],
+            self._containers() - self.start[2],
+            self._children() - self.start[3],
+        )
+        capacity = wall * (psutil.cpu_count() or 1)
+        self.stack_share = containers / capacity
+        self.other_share = max(0.0, busy - containers - children) / capacity
+
+
+BUSY_MACHINE = 0.15  # the share tests/loadtests uses: above it, latency is not attributable
+
+
 def test_locust_ci_gate_passes_against_the_gateway_container(default_stack, figures):
+    """`python -m loadtests.run --host <gateway container>` with the CI profile (8 users x
+    2 req/s, 60 s), while the kubelet's liveness/readiness probes keep running: the SLO gate
+    passes and no probe reaches its failure threshold."""
     stack, _ = default_stack
     out = REPORT_DIR / "loadtest"
     out_args = ["--out", str(out)]
-    with ProbeWatch(stack, [GATEWAY, RETRIEVAL, RANKING]) as watch:
+    command = [sys.executable, "-m", "loadtests.run", "--host", stack.container(GATEWAY).url]
+    with ProbeWatch(stack, [GATEWAY, RETRIEVAL, RANKING]) as watch, CPUAccount(stack) as cpu:
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "loadtests.run",
-                "--host",
-                stack.container(GATEWAY).url,
-                *out_args,
-            ],
+            [*command, *out_args],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -233,20 +244,33 @@ def test_locust_ci_gate_passes_against_the_gateway_container(default_stack, figu
             check=False,
         )
     print(done.stdout[-3000:])
-    assert done.returncode == 0, f"Locust gate failed ({done.returncode}):\n{done.stdout[-4000:]}"
     for (deployment, kind), streak in watch.worst.items():
         threshold = stack.container(deployment).probes[kind].failure_threshold
         assert streak < threshold, f"{deployment} {kind} failed {streak} times in a row under load"
     figures.setdefault("default", {})["memory_mib_after_load"] = stack.memory()
     verdict = json.loads((out / "verdict.json").read_text())
-    figures["default"]["locust_gate"] = {"outcome": verdict.get("outcome")}
+    figures["default"]["locust_gate"] = {
+        "outcome": verdict.get("outcome"),
+        "containers_cpu_share": round(cpu.stack_share, 2),
+        "other_cpu_share": round(cpu.other_share, 2),
+    }
+    if done.returncode == 99 and cpu.other_share > BUSY_MACHINE and not in_ci():
+        pytest.skip(
+            f"SLO gate breached while other processes used {cpu.other_share:.0%} of the cores "
+            "(outside the containers and Locust): latency not attributable here; CI runs it "
+            "strictly"
+        )
+    assert done.returncode == 0, f"Locust gate failed ({done.returncode}):\n{done.stdout[-4000:]}"
 
 
 def test_retrieval_killed_under_load_costs_no_client_error(default_stack, figures):
+    """4 clients call the gateway; retrieval is SIGKILLed, then restarted in place (what the
+    kubelet does after a crash). Every call must get a 200 (the popularity fallback meanwhile);
+    once retrieval is ready again the answers must turn non-degraded and stay so for 3 s."""
     stack, _ = default_stack
     gateway_port = stack.container(GATEWAY).host_port
     retrieval = stack.names[RETRIEVAL]
-    results: list[tuple[float, int, bool]] = []  # (time, status, degraded)
+    results: list[tuple[float, int, list]] = []  # (time, status, degraded reasons)
     errors: list[str] = []
     stop = threading.Event()
 
@@ -259,16 +283,24 @@ def test_retrieval_killed_under_load_costs_no_client_error(default_stack, figure
                 except (OSError, http.client.HTTPException) as error:
                     errors.append(repr(error))
                     continue
-                results.append((time.monotonic(), status, bool(answer.get("degraded"))))
+                degraded = answer.get("degraded")
+                reasons = (answer.get("degraded_reasons") or ["?"]) if degraded else []
+                results.append((time.monotonic(), status, reasons))
                 if status != 200:
                     errors.append(f"HTTP {status}: {json.dumps(answer)[:300]}")
                 time.sleep(0.02)
         finally:
             client.close()
 
+    def clean_since(moment: float) -> bool:
+        """At least 3 s of answers after `moment`, none degraded."""
+        recent = [r for r in results if r[0] > moment]
+        return bool(recent) and not any(r[2] for r in recent) and recent[-1][0] - moment >= 3
+
     threads = [threading.Thread(target=load, args=(seed,)) for seed in range(4)]
     for thread in threads:
         thread.start()
+    recovered_after = None
     try:
         time.sleep(3)
         stack.docker.run("kill", retrieval)
@@ -279,21 +311,29 @@ def test_retrieval_killed_under_load_costs_no_client_error(default_stack, figure
         readiness = stack.wait_ready(RETRIEVAL)
         assert readiness.ready, f"retrieval did not come back: {readiness.detail}"
         ready_at = time.monotonic()
-        time.sleep(5)
+        deadline = ready_at + 30
+        while time.monotonic() < deadline:
+            degraded = [r[0] for r in results if r[2]]
+            last_degraded = max(degraded[-1] if degraded else ready_at, ready_at)
+            if clean_since(last_degraded):
+                recovered_after = last_degraded - ready_at
+                break
+            time.sleep(0.5)
     finally:
         stop.set()
         for thread in threads:
             thread.join()
     assert not errors, f"{len(errors)} client errors, e.g. {errors[:5]}"
     during = [r for r in results if killed_at + 1 < r[0] < killed_at + 5]
-    assert during and all(degraded for _, _, degraded in during), "fallback not seen while killed"
-    after = [r for r in results if r[0] > ready_at + 2]
-    assert after and not any(degraded for _, _, degraded in after), "still degraded after restart"
+    assert during and all(r[2] for r in during), "fallback not seen while retrieval was down"
+    late = [r[2] for r in results if r[0] > ready_at and r[2]][-3:]
+    assert recovered_after is not None, f"still degraded 30 s after ready, e.g. {late}"
     figures.setdefault("default", {})["retrieval_kill"] = {
         "requests": len(results),
         "client_errors": len(errors),
         "degraded_answers": sum(1 for r in results if r[2]),
         "restart_to_ready_s": round(readiness.seconds, 1),
+        "ready_to_non_degraded_s": round(recovered_after, 1),
     }
 
 
