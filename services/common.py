@@ -178,8 +178,22 @@ class DataOnlyBodies:
         self.app = app
         self.component = component
 
+    @staticmethod
+    def _has_body(scope, headers) -> bool:
+        """POST/PUT/PATCH, or any request announcing a body. A GET with an empty body is let
+        through whatever its type (proxies add `application/octet-stream` to probes)."""
+        if scope["method"] in BODY_METHODS:
+            return True
+        if any(name == b"transfer-encoding" for name, _ in headers):
+            return True
+        length = next((value for name, value in headers if name == b"content-length"), b"0")
+        return length.strip() not in (b"", b"0")
+
     def _refusal(self, scope) -> str | None:
-        types = [value for name, value in scope.get("headers") or [] if name == b"content-type"]
+        headers = scope.get("headers") or []
+        if not self._has_body(scope, headers):
+            return None
+        types = [value for name, value in headers if name == b"content-type"]
         if len(types) > 1:
             return "more than one content-type header; send exactly one: application/json"
         if not types:  # BentoML reads a body without a type as JSON

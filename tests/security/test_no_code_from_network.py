@@ -141,3 +141,22 @@ def test_inline_gateway_refuses_pickle(saved_tags, bentoml_home, tmp_path, warm_
         probe_port(http, GATEWAY_CALLS, tmp_path, "inline")
         answer = http.post("/recommend", json={"user_id": warm_user, "k": 5}).json()
         assert answer["degraded"] is False, answer
+
+
+def test_any_method_with_a_body_is_checked_probes_without_one_are_not(split, tmp_path):
+    """A body on a GET is refused like one on a POST; a probe without a body passes whatever
+    type a proxy stamps on it (aiohttp adds application/octet-stream)."""
+    url = split["Retrieval"].url
+    marker = tmp_path / "pwned-get"
+    response = httpx.request(
+        "GET",
+        f"{url}/retrieve",
+        content=pickle_payload(marker),
+        headers={"content-type": PICKLE, TOKEN_HEADER: stage_token()},
+        timeout=20,
+    )
+    assert response.status_code == 415 and not marker.exists()
+    probe = httpx.get(
+        f"{url}/readyz", headers={"content-type": "application/octet-stream"}, timeout=20
+    )
+    assert probe.status_code == 200
