@@ -141,6 +141,7 @@ class ContainerPlan:
     ports: dict[str | int, int]  # container port (number and name) -> host port
     probes: dict[str, Probe] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    pre_stop: list[str] | None = None  # lifecycle.preStop.exec.command
 
     @property
     def host_port(self) -> int:
@@ -402,6 +403,9 @@ def _plan(
         ports=ports,
         labels={"recsys.test/pod": name},
     )
+    pre_stop = ((container.get("lifecycle") or {}).get("preStop") or {}).get("exec")
+    if pre_stop:
+        plan.pre_stop = [str(part) for part in pre_stop["command"]]
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         if kind in container:
             plan.probes[kind] = Probe.from_spec(container[kind], ports)

@@ -349,3 +349,37 @@ def test_missing_model_tag_never_becomes_ready_and_says_why(default_stack, figur
     log = broken.docker.logs(broken.names[RETRIEVAL], tail=400)
     assert "doesnotexist" in log, f"the log does not name the missing model:\n{log[-3000:]}"
     figures.setdefault("missing_model", {})["readiness"] = readiness.detail
+
+
+def test_gateway_terminates_gracefully_as_the_kubelet_stops_it(default_stack, figures):
+    """Pod deletion: the kubelet runs the preStop hook (sleep, while endpoints drop the pod),
+    then sends SIGTERM and waits out terminationGracePeriodSeconds. The gateway keeps answering
+    during preStop and exits by itself (code 0) well before the grace period ends. Runs last:
+    it stops the gateway."""
+    stack, _ = default_stack
+    container = stack.container(GATEWAY)
+    name = stack.names[GATEWAY]
+    assert container.pre_stop, "the gateway has no preStop hook"
+    started = time.monotonic()
+    hook = subprocess.Popen(
+        [stack.docker.binary, "exec", name, *container.pre_stop],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    client, statuses = Client(container.host_port), []
+    try:
+        while hook.poll() is None:
+            statuses.append(client.recommend("u1")[0])
+            time.sleep(0.2)
+    finally:
+        client.close()
+    assert hook.returncode == 0, f"preStop {container.pre_stop} failed in the image"
+    assert statuses and set(statuses) == {200}, f"answers during preStop: {set(statuses)}"
+    remaining = container.stop_timeout - (time.monotonic() - started)
+    stopping = time.monotonic()
+    stack.docker.run("stop", "--time", str(max(1, int(remaining))), name, timeout=120)
+    stop_s = time.monotonic() - stopping
+    state = stack.docker.run("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+    assert state == "0", f"exit code {state} after SIGTERM (137 = killed at the grace period)"
+    assert stop_s < remaining - 1
+    figures.setdefault("default", {})["gateway_sigterm_to_exit_s"] = round(stop_s, 1)
