@@ -60,7 +60,7 @@ def docker_bin() -> str:
         unavailable(f"no Docker client on this machine; {hint}")
     try:
         info = subprocess.run(
-            [client, "info", "--format", "{{.ServerVersion}}"],
+            [client, "version", "--format", "{{.Server.Version}}"],
             capture_output=True,
             text=True,
             timeout=30,
