@@ -221,7 +221,7 @@ def test_settings_come_from_the_environment(monkeypatch):
 @pytest.mark.parametrize(
     ("exc", "reason"),
     [
-        (asyncio.TimeoutError(), "timeout"),
+        (TimeoutError(), "timeout"),
         (ConnectionResetError(), "unavailable"),
         (RuntimeError("boom"), "error"),
     ],
