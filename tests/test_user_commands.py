@@ -8,6 +8,7 @@ homes and tiny catalogs passed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -42,9 +43,13 @@ def start_serve(workdir, port: int, *args: str, env: dict | None = None) -> subp
     )
 
 
-def wait_for_line(process: subprocess.Popen, log: Path, text: str, timeout: float) -> str:
+def wait_for_line(
+    process: subprocess.Popen, log: Path, text: str, timeout: float, seen: set[psutil.Process]
+) -> str:
+    """Wait for `text` in the log, noting every process `recsys serve` starts on the way."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        seen.update(descendants(process))
         output = log.read_text(errors="replace") if log.exists() else ""
         if text in output:
             return output
@@ -52,6 +57,22 @@ def wait_for_line(process: subprocess.Popen, log: Path, text: str, timeout: floa
             pytest.fail(f"recsys serve exited ({process.returncode}):\n{output[-3000:]}")
         time.sleep(0.5)
     pytest.fail(f"no {text!r} after {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def descendants(process: subprocess.Popen) -> list[psutil.Process]:
+    try:
+        return psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_leftovers(processes: set[psutil.Process]) -> list[int]:
+    """Kill what is still running of `processes`; returns their pids (empty when all ended)."""
+    _, alive = psutil.wait_procs(list(processes), timeout=20)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    return [proc.pid for proc in alive]
 
 
 def stored_tags(workdir) -> dict[str, str]:
@@ -75,10 +96,12 @@ def test_serve_from_a_fresh_directory_gives_real_recommendations(default_workdir
     port = free_port()
     began = time.monotonic()
     serve = start_serve(default_workdir, port, "--data", "data")
+    tree: set[psutil.Process] = set()
     try:
-        wait_for_line(serve, default_workdir.path / f"serve-{port}.log", "Ctrl+C stops", 300)
+        log = default_workdir.path / f"serve-{port}.log"
+        wait_for_line(serve, log, "Ctrl+C stops", 300, tree)
         ready_s = time.monotonic() - began
-        tree = psutil.Process(serve.pid).children(recursive=True)
+        tree.update(descendants(serve))
         assert tree, "recsys serve started no server processes"
         tags = stored_tags(default_workdir)
         degraded = []
@@ -97,9 +120,9 @@ def test_serve_from_a_fresh_directory_gives_real_recommendations(default_workdir
     finally:
         serve.send_signal(signal.SIGINT)  # what Ctrl+C sends
         code = serve.wait(60)
+        leftovers = kill_leftovers(tree)
     assert code == 0
-    _, alive = psutil.wait_procs(tree, timeout=20)
-    assert not alive, f"still running after Ctrl+C: {[p.pid for p in alive]}"
+    assert not leftovers, f"still running after Ctrl+C: {leftovers}"
     assert http_status(f"http://127.0.0.1:{port}/livez") is None
 
 
@@ -112,11 +135,18 @@ def test_serve_names_the_stage_that_never_gets_ready(default_workdir, tmp_path):
     env = {**default_workdir.env, "BENTOML_HOME": str(home)}
     port = free_port()
     serve = start_serve(default_workdir, port, "--no-train-if-missing", env=env)
+    tree: set[psutil.Process] = set()
     try:
-        code = serve.wait(150)
+        deadline = time.monotonic() + 150
+        while serve.poll() is None and time.monotonic() < deadline:
+            tree.update(descendants(serve))
+            time.sleep(0.5)
+        code = serve.poll()
     finally:
         if serve.poll() is None:
             serve.kill()
+        leftovers = kill_leftovers(tree)
+    assert not leftovers, f"still running after recsys serve gave up: {leftovers}"
     output = (default_workdir.path / f"serve-{port}.log").read_text()
     assert code == 2, output[-3000:]
     assert "Traceback" not in output
