@@ -22,6 +22,7 @@ from services.common import (
     SETTINGS,
     StageService,
     bad_request,
+    json_answer,
     packed_model,
     protect,
     service_config,
@@ -81,7 +82,7 @@ class Ranking(StageService):
             unknown_items=sum(item["score"] is None for item in items),
             model_version=self.loaded.version,
         )
-        return {"items": items, "model_version": self.loaded.version}
+        return json_answer({"items": items, "model_version": self.loaded.version})
 
 
 protect(Ranking, "ranking", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)

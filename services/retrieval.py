@@ -14,6 +14,7 @@ from services.common import (
     SETTINGS,
     StageService,
     bad_request,
+    json_answer,
     packed_model,
     protect,
     service_config,
@@ -63,7 +64,9 @@ class Retrieval(StageService):
             excluded=len(exclude_items),
             model_version=self.loaded.version,
         )
-        return {"candidates": candidates, "cold_start": cold, "model_version": self.loaded.version}
+        return json_answer(
+            {"candidates": candidates, "cold_start": cold, "model_version": self.loaded.version}
+        )
 
     @bentoml.api
     async def similar_items(
@@ -86,7 +89,7 @@ class Retrieval(StageService):
                 "reason": "unknown_item",
                 "model_version": self.loaded.version,
             }
-        return {"items": items, "source": "ann", "model_version": self.loaded.version}
+        return json_answer({"items": items, "source": "ann", "model_version": self.loaded.version})
 
 
 protect(Retrieval, "retrieval", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)
