@@ -27,6 +27,8 @@ import pytest
 from conftest import REPO_ROOT, REPORT_DIR, SCENARIOS, in_ci, running_stack
 from pod_runner import KNOWN_USERS, Client
 
+from tests.slo_verdict import judge_latency_only_breach
+
 pytestmark = [pytest.mark.containers]
 
 GATEWAY, RETRIEVAL, RANKING = "recsys-gateway", "recsys-retrieval", "recsys-ranking"
@@ -260,16 +262,7 @@ def test_locust_ci_gate_passes_against_the_gateway_container(default_stack, figu
             "(outside the containers and Locust): latency not attributable here; CI runs it "
             "strictly"
         )
-    assert not any(verdict["degraded_answers"].values()), verdict["degraded_answers"]
-    assert verdict["run"]["request_errors_whole_run"] == 0
-    breaches = {f"{b['endpoint']}.{b['metric']}": b["observed"] for b in verdict["breaches"]}
-    if done.returncode == 99 and breaches and all(m.endswith("_ms") for m in breaches):
-        # Errors, degraded answers and probes are judged strictly above and by the gate; its
-        # latency verdict is a known miss of the split form on one 2-core machine (three pods
-        # of five server processes and the load generator on 2 cores; in-process the same
-        # request takes ~2.5 ms). The serving-architecture issue removes a hop; until then this
-        # is reported, not hidden: pytest lists it as xfailed with the observed figures.
-        pytest.xfail(f"split form misses the latency SLO here: {breaches} (slo.yaml)")
+    judge_latency_only_breach(verdict, "the split form in the chart's containers")
     assert done.returncode == 0, f"Locust gate failed ({done.returncode}):\n{done.stdout[-4000:]}"
 
 
