@@ -59,6 +59,21 @@ def bentoml_home() -> Path:
     return _BENTOML_HOME
 
 
+@pytest.fixture(scope="module")
+def saved_tags(tiny_result) -> dict[str, str]:
+    """The tiny models saved to the store; per module, so they are `latest` for its tests."""
+    from recsys.artifacts import save_models
+
+    return save_models(tiny_result)
+
+
+@pytest.fixture(scope="module")
+def warm_user(tiny_result) -> str:
+    """A user the tiny retrieval model knows (not cold-start)."""
+    model = tiny_result.retrieval
+    return str(next(model.users.ids[u] for u in range(len(model.users)) if not model.is_cold(u)))
+
+
 @dataclass(frozen=True)
 class Workdir:
     """A user's working directory: default-size data and models, made by the real CLI."""

@@ -27,13 +27,6 @@ pytestmark = pytest.mark.serving
 
 
 @pytest.fixture(scope="module")
-def saved_tags(tiny_result):
-    from recsys.artifacts import save_models
-
-    return save_models(tiny_result)
-
-
-@pytest.fixture(scope="module")
 def stack(saved_tags, bentoml_home):
     with serve_all(env={"BENTOML_HOME": str(bentoml_home)}) as server:
         yield server
@@ -43,12 +36,6 @@ def stack(saved_tags, bentoml_home):
 def client(stack):
     with httpx.Client(base_url=stack.url, timeout=20) as http:
         yield http
-
-
-@pytest.fixture(scope="module")
-def warm_user(tiny_result) -> str:
-    model = tiny_result.retrieval
-    return str(next(model.users.ids[u] for u in range(len(model.users)) if not model.is_cold(u)))
 
 
 def _recommend(client, **body):

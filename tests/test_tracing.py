@@ -32,13 +32,6 @@ def _trace_env(bentoml_home, receiver: OtlpReceiver, rate: str = "1") -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def saved_tags(tiny_result):
-    from recsys.artifacts import save_models
-
-    return save_models(tiny_result)
-
-
 def _by_trace(spans: list[ReceivedSpan], trace_id: str) -> dict[str, ReceivedSpan]:
     return {f"{s.service}:{s.name}": s for s in spans if s.trace_id == trace_id}
 
@@ -47,12 +40,6 @@ def _root(spans: list[ReceivedSpan]) -> ReceivedSpan | None:
     """The newest gateway request span."""
     roots = [s for s in spans if s.service == "Recommender" and s.name == "POST /recommend"]
     return roots[-1] if roots else None
-
-
-@pytest.fixture(scope="module")
-def warm_user(tiny_result) -> str:
-    model = tiny_result.retrieval
-    return str(next(model.users.ids[u] for u in range(len(model.users)) if not model.is_cold(u)))
 
 
 def test_one_trace_joins_gateway_retrieval_and_ranking(

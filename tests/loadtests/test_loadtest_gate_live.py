@@ -52,13 +52,6 @@ def explain(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def saved_tags(tiny_result):
-    from recsys.artifacts import save_models
-
-    return save_models(tiny_result)
-
-
-@pytest.fixture(scope="module")
 def slowed_stack(saved_tags, bentoml_home):
     env = {"BENTOML_HOME": str(bentoml_home), "RECSYS_FAULT_LATENCY_MS": SLOW_MS}
     with serve_all(env=env) as server:
