@@ -105,9 +105,6 @@ def service_config(**extra) -> dict:
         "workers": SETTINGS.workers,
         "tracing": tracing_config(),
         "traffic": {"timeout": SETTINGS.request_timeout_s},
-        # Read by the *caller* of this service: BentoML's client otherwise closes its session,
-        # in-flight calls included, after every 100 requests.
-        "runner_connection": {"max_requests": 1_000_000_000},
         "metrics": {"enabled": True, "duration": {"buckets": LATENCY_BUCKETS}},
         "logging": {"access": {"enabled": SETTINGS.access_log}},
         **extra,
@@ -359,18 +356,8 @@ class ConcurrencyLimit:
                 f"overloaded: {self.in_flight} requests in flight, limit {self.limit}; "
                 f"retry after {SETTINGS.retry_after_s} s"
             )
-            body = json.dumps({"error": message}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 503,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"retry-after", str(SETTINGS.retry_after_s).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            retry_after = (b"retry-after", str(SETTINGS.retry_after_s).encode())
+            await _refuse(send, 503, message, (retry_after,))
             return
         self.in_flight += 1
         try:
