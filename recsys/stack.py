@@ -80,18 +80,17 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def load_failure(self) -> str | None:
-        """`<stage>: <error>` when a model in this server failed to load (it never retries)."""
-        match = _LOAD_FAILURE.search(self.log())
-        return f"{match['stage']}: {match['error'].strip()}" if match else None
+    def load_failure(self) -> re.Match[str] | None:
+        """The log line saying a model failed to load (`stage`, `error`): it never retries."""
+        return _LOAD_FAILURE.search(self.log())
 
     def _not_ready(self, what: str) -> StackNotReadyError:
         """One line saying which stage is not ready and why, naming the log for the rest."""
         failure = self.load_failure()
         if failure:
-            stage, error = failure.split(": ", 1)
             return StackNotReadyError(
-                f"{self.name}: the {stage} stage never became ready: {error} (log: {self.log_path})"
+                f"{self.name}: the {failure['stage']} stage never became ready: "
+                f"{failure['error'].strip()} (log: {self.log_path})"
             )
         if not self.alive():
             lines = [line for line in self.log().splitlines() if line.strip()]
