@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import random
 import re
 import secrets
 import socket
@@ -42,11 +43,23 @@ BINARY_UNITS = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 DECIMAL_UNITS = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
+# Host ports for the pods come from below the kernel's ephemeral range (32768-60999 here), where
+# every container's BentoML takes the ports of its process manager at start: a port chosen from
+# that range could be taken by another starting container before its own server binds it (seen:
+# `ZMQError: Address already in use` in a canary pod). Each is handed out once per session.
+_HOST_PORTS = iter(random.Random().sample(range(20000, 30000), 10000))
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (on 127.0.0.1)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1, outside the ephemeral range, that nothing listens on now."""
+    for port in _HOST_PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free host port left in 20000-29999")
 
 
 def closed_port() -> int:
