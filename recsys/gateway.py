@@ -6,7 +6,6 @@ calls in the split deployment, direct calls in the inline one).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -75,8 +74,11 @@ class CircuitBreaker:
             self._set(OPEN)
 
 
+# retrieve(user_id, k, exclude) -> {"candidates": columns, "model_version"}: columns as
+# `RetrievalModel.retrieve_columns` gives them (item_ids, scores, sources, categories, ...).
 RetrieveCall = Callable[[str, int, list[str]], Awaitable[dict]]
-RankCall = Callable[[str, list[dict]], Awaitable[dict]]
+# rank(user_id, columns) -> {"order", "scores", "model_version"} as `serving.rank_columns`.
+RankCall = Callable[[str, dict[str, list]], Awaitable[dict]]
 SimilarCall = Callable[[str, int], Awaitable[dict]]
 FallbackHook = Callable[[str, str, BaseException], None]
 
@@ -134,9 +136,15 @@ class RecommendPipeline:
         self.on_fallback(stage, reason, exc)
         degraded.append({"stage": stage, "reason": reason})
 
-    def popular_candidates(self, exclude: set[str], limit: int) -> list[dict]:
-        items = (item for item in self.popular() if item["item_id"] not in exclude)
-        return [{**item, "source": "popular"} for item in itertools.islice(items, limit)]
+    def popular_candidates(self, exclude: set[str], limit: int) -> dict[str, list]:
+        """The first `limit` trending items not in `exclude`, as candidate columns."""
+        rows = [item for item in self.popular() if item["item_id"] not in exclude][:limit]
+        return {
+            "item_ids": [item["item_id"] for item in rows],
+            "scores": [item["score"] for item in rows],
+            "sources": ["popular"] * len(rows),
+            "categories": [item.get("category", "") for item in rows],
+        }
 
     async def recommend(self, user_id: str, k: int, exclude_items: list[str]) -> dict:
         """retrieve -> rank -> cap categories -> top k; each stage falls back on failure."""
@@ -156,8 +164,9 @@ class RecommendPipeline:
             self._fallback("retrieval", exc, degraded)
             with tracer.start_as_current_span("popularity_fallback") as span:
                 candidates = self.popular_candidates(set(exclude_items), settings.num_candidates)
-                set_attributes(span, candidates=len(candidates))
+                set_attributes(span, candidates=len(candidates["item_ids"]))
             versions["popularity"] = self.popular_version()
+        item_ids, categories = candidates["item_ids"], candidates["categories"]
         try:
             ranked = await self.call(
                 "ranking",
@@ -165,26 +174,32 @@ class RecommendPipeline:
                 lambda: self.rank(user_id, candidates),
                 settings.ranking_timeout_s,
             )
-            items = [item for item in ranked["items"] if item["score"] is not None]
+            order, scores = ranked["order"], ranked["scores"]
+            ranked_categories = [categories[position] for position in order]
             versions["ranking"] = ranked["model_version"]
         except Exception as exc:
             self._fallback("ranking", exc, degraded)
-            items = candidates
+            order, scores = range(len(item_ids)), candidates["scores"]
+            ranked_categories = categories
         with tracer.start_as_current_span("rerank") as span:
-            top = cap_categories(items, k, settings.category_cap)
+            top = cap_categories(ranked_categories, k, settings.category_cap)
             set_attributes(span, category_cap=settings.category_cap, returned=len(top))
         set_attributes(
             user_hash=hash_id(user_id),
             k=k,
-            candidates=len(candidates),
+            candidates=len(item_ids),
             degraded=bool(degraded),
             fallback_reason=",".join(f"{d['stage']}:{d['reason']}" for d in degraded) or None,
             **{f"model_version.{stage}": version for stage, version in versions.items()},
         )
         return {
             "items": [
-                {"item_id": i["item_id"], "score": i["score"], "category": i.get("category", "")}
-                for i in top
+                {
+                    "item_id": item_ids[order[rank]],
+                    "score": scores[rank],
+                    "category": ranked_categories[rank],
+                }
+                for rank in top
             ],
             "model_versions": versions,
             "degraded": bool(degraded),
@@ -206,9 +221,12 @@ class RecommendPipeline:
             versions, source = {"retrieval": found["model_version"]}, found["source"]
         except Exception as exc:
             self._fallback("retrieval", exc, degraded)
+            popular = self.popular_candidates({item_id}, k)
             items = [
-                {"item_id": i["item_id"], "score": i["score"], "category": i.get("category", "")}
-                for i in self.popular_candidates({item_id}, k)
+                {"item_id": item, "score": score, "category": category}
+                for item, score, category in zip(
+                    popular["item_ids"], popular["scores"], popular["categories"], strict=True
+                )
             ]
             versions, source = {"popularity": self.popular_version()}, "popular"
         return {

@@ -14,7 +14,7 @@ import numpy as np
 import xgboost as xgb
 
 from recsys.features import FEATURE_NAMES, FeatureTables, assemble_features
-from recsys.retrieval import Candidates
+from recsys.retrieval import SOURCE_POPULAR, Candidates
 from recsys.tracing import set_attributes, tracer
 from recsys.vocab import Vocabulary
 
@@ -174,6 +174,11 @@ class Ranker:
                 out[known] = self.predict(features)
                 set_attributes(span, rows=int(known.sum()), trees=self._iteration_range[1])
         return out
+
+    def score_columns(self, user_id: str, columns: dict[str, list]) -> np.ndarray:
+        """One score per candidate of `RetrievalModel.retrieve_columns`' columns (-inf: unknown)."""
+        from_popular = [source == SOURCE_POPULAR for source in columns["sources"]]
+        return self.score(user_id, columns["item_ids"], columns["scores"], from_popular)
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)

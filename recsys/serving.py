@@ -115,26 +115,26 @@ async def inject_faults(settings: ServingSettings) -> None:
         raise InjectedFault("injected fault (RECSYS_FAULT_ERROR_RATE)")
 
 
-def cap_categories(items: Sequence[dict], k: int, cap: int) -> list[dict]:
-    """Top k of a ranked list with at most `cap` items per category.
+def cap_categories(categories: Sequence[str], k: int, cap: int) -> list[int]:
+    """Positions of the top k of a ranked list with at most `cap` items per category.
 
-    Items over the cap are set aside and used, in rank order, only when the list would
-    otherwise be shorter than k: diversity never costs the caller items. `cap=0` disables it.
+    `categories` is the ranked list's category column. Items over the cap are set aside and
+    used, in rank order, only when the list would otherwise be shorter than k: diversity never
+    costs the caller items. `cap=0` disables it.
     """
     if cap <= 0:
-        return list(items[:k])
-    taken: list[dict] = []
-    overflow: list[dict] = []
+        return list(range(min(k, len(categories))))
+    taken: list[int] = []
+    overflow: list[int] = []
     per_category: Counter[str] = Counter()
-    for item in items:
+    for position, category in enumerate(categories):
         if len(taken) == k:
             break
-        category = item.get("category") or ""
         if category and per_category[category] >= cap:
-            overflow.append(item)
+            overflow.append(position)
             continue
         per_category[category] += 1
-        taken.append(item)
+        taken.append(position)
     if len(taken) < k:
         taken.extend(overflow[: k - len(taken)])
     return taken
@@ -205,29 +205,17 @@ class BackgroundModel:
         return self.model
 
 
-def rank_candidates(ranker, user_id: str, candidates: list[dict]) -> list[dict]:
-    """Candidates (dicts from retrieval) ordered by the ranker's score, unknown items last."""
+def rank_columns(ranker, user_id: str, candidates: dict[str, list]) -> dict[str, list]:
+    """The ranker's verdict on candidate columns: `order` (positions in `candidates`, best
+    first) and their `scores`. Items the ranker does not know are left out."""
     import numpy as np
 
-    if not candidates:
-        return []
-    scores = ranker.score(
-        user_id,
-        [c["item_id"] for c in candidates],
-        [c.get("score", 0.0) for c in candidates],
-        [c.get("source") == "popular" for c in candidates],
-    )
+    if not candidates["item_ids"]:
+        return {"order": [], "scores": []}
+    scores = ranker.score_columns(user_id, candidates)
     order = np.argsort(-scores, kind="stable")
-    return [
-        {
-            "item_id": candidates[i]["item_id"],
-            "score": float(scores[i]) if np.isfinite(scores[i]) else None,
-            "retrieval_score": candidates[i].get("score", 0.0),
-            "source": candidates[i].get("source", "ann"),
-            "category": candidates[i].get("category", ""),
-        }
-        for i in order.tolist()
-    ]
+    order = order[np.isfinite(scores[order])]
+    return {"order": order.tolist(), "scores": scores[order].tolist()}
 
 
 def fallback_reason(exc: BaseException) -> str:
@@ -239,6 +227,8 @@ def fallback_reason(exc: BaseException) -> str:
     """
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return "timeout"
+    if isinstance(exc, ModelNotReady):  # an in-process stage whose model is not loaded
+        return "not_ready"
     status = getattr(exc, "error_code", None)
     if status == 503:
         return "overloaded" if "overloaded" in str(exc) else "not_ready"
