@@ -211,8 +211,8 @@ class CPUAccount:
     `other_share` makes that visible in the verdict.
     """
 
-    def __init__(self, stack_pid: int | None = None) -> None:
-        self.stack = psutil.Process(stack_pid) if stack_pid else None
+    def __init__(self, stack_pids: list[int] | None = None) -> None:
+        self.stack = [psutil.Process(pid) for pid in stack_pids or []]
         self.me = psutil.Process()
 
     @staticmethod
@@ -222,10 +222,9 @@ class CPUAccount:
         return sum(times) - idle
 
     def _stack_seconds(self) -> float:
-        if self.stack is None:
-            return 0.0
         total = 0.0
-        for process in [self.stack, *self.stack.children(recursive=True)]:
+        tree = [p for root in self.stack for p in (root, *root.children(recursive=True))]
+        for process in tree:
             try:
                 times = process.cpu_times()
             except psutil.Error:
@@ -301,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, users_file = args.host, args.users_file
         if not host:
             from recsys.errors import RecsysError
-            from recsys.stack import serve_all
+            from recsys.stack import serve_stack
 
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsys-lt-")))
             try:
@@ -314,11 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 return slo_gate.EXIT_CONFIG_ERROR
             print("starting the local stack ...", flush=True)
-            server = stack.enter_context(serve_all(env=stack_env))
+            server = stack.enter_context(serve_stack(env=stack_env))
             host = server.url
             print(f"stack ready at {host} (log: {server.log_path})", flush=True)
         command = locust_command(args, host, out, users_file) + extra
-        account = CPUAccount(None if args.host else server.process.pid)
+        pids = [] if args.host else [s.process.pid for s in server.servers.values()]
+        account = CPUAccount(pids)
         account.start()
         code = run_locust(command, time_limit)
         machine = account.stop()

@@ -14,7 +14,7 @@ from _bentoml_sdk.service.dependency import Dependency
 from pydantic import SecretStr
 from starlette.responses import Response
 
-from recsys.serving import BackgroundModel, ServingSettings
+from recsys.serving import BackgroundModel, ModelNotReady, ServingSettings, inject_faults
 
 SETTINGS = ServingSettings()
 logger = logging.getLogger("recsys.services")
@@ -367,7 +367,12 @@ class ConcurrencyLimit:
 
 
 class StageService:
-    """A stage serving one model that loads in the background; ready after its self-test."""
+    """A stage serving one model that loads in the background; ready after its self-test.
+
+    Each API is a plain `answer_<api>` method (arguments in, dict out, ModelNotReady while the
+    model is not loaded) wrapped by a thin `@bentoml.api` method: the gateway calls the
+    `answer_` methods directly when the stage runs in its own process (`LocalStage`).
+    """
 
     component: str  # Retrieval / Ranking
     loaded: BackgroundModel
@@ -382,6 +387,43 @@ class StageService:
         if self.loaded.ready:
             MODEL_INFO.labels(self.component, self.loaded.version, SETTINGS.track).set(1)
         return self.loaded.ready
+
+    async def respond(self, ctx: bentoml.Context, answer, **arguments) -> Response | dict:
+        """An HTTP answer: the `answer_` method's dict as JSON, or 503 while not ready."""
+        try:
+            await inject_faults(SETTINGS)
+            return json_answer(answer(**arguments))
+        except ModelNotReady as exc:
+            return bad_request(ctx, str(exc), status=503)
+
+
+class LocalStage:
+    """A stage running in the gateway's own process: its `answer_` methods called directly,
+    with no HTTP hop, serialisation or validation (the gateway validated the request). Same
+    calls as `StageClient`, so the pipeline does not know where a stage runs."""
+
+    def __init__(self, service: StageService) -> None:
+        self.service = service
+
+    @property
+    def ready(self) -> bool:
+        return self.service.__is_ready__()
+
+    async def is_ready(self, timeout: float | None = None) -> bool:
+        return self.ready
+
+    async def _call(self, answer, arguments: dict) -> dict:
+        await inject_faults(SETTINGS)
+        return answer(**arguments)
+
+    async def retrieve(self, **arguments) -> dict:
+        return await self._call(self.service.answer_retrieve, arguments)
+
+    async def similar_items(self, **arguments) -> dict:
+        return await self._call(self.service.answer_similar_items, arguments)
+
+    async def rank(self, **arguments) -> dict:
+        return await self._call(self.service.answer_rank, arguments)
 
 
 def json_answer(payload: dict) -> Response:
@@ -406,7 +448,7 @@ class StageDependency(Dependency):
     Name=url` point at them. A remote stage is then called through `StageClient` (JSON, the
     X-Recsys-Stage-Token header, trace context) instead of BentoML's proxy, which speaks pickle
     by default and spends a third of the gateway's CPU on per-call schema work in JSON mode. A
-    dependency that is not remote (left out of `--depends`) runs in this process, with no HTTP.
+    dependency left out of `--depends` runs in this process (`LocalStage`), with no HTTP.
     """
 
     def get(self, *args, **kwargs):
@@ -418,7 +460,7 @@ class StageDependency(Dependency):
             return self._resolved
         url = BentoMLContainer.remote_runner_mapping.get().get(self.on.name)
         if url is None:
-            return super().get(*args, **kwargs)
+            return LocalStage(super().get(*args, **kwargs))
         return StageClient(self.on.name, url, {STAGE_TOKEN_HEADER: stage_token().decode()})
 
 

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Self
 
 import bentoml
 import numpy as np
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsys.artifacts import load_ranker
-from recsys.serving import (
-    ItemId,
-    ModelNotReady,
-    UserId,
-    inject_faults,
-    rank_candidates,
-)
+from recsys.serving import ItemId, UserId, rank_columns
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
     SETTINGS,
     StageService,
-    bad_request,
-    json_answer,
     packed_model,
     protect,
     service_config,
@@ -31,20 +23,37 @@ from services.common import (
 MAX_CANDIDATES = 2000
 
 
-class Candidate(BaseModel):
-    """One retrieved item, as the Retrieval service returns it."""
+class CandidateColumns(BaseModel):
+    """Retrieved candidates as columns (`RetrievalModel.retrieve_columns`), one entry per
+    candidate. Columns beyond the four named ones (features a ranker may read) pass through."""
 
-    item_id: ItemId
-    score: float = 0.0
-    source: Literal["ann", "popular"] = "ann"
-    category: Annotated[str, Field(max_length=128)] = ""
+    model_config = ConfigDict(extra="allow")
 
-    @field_validator("score")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("score must be a finite number")
-        return value
+    item_ids: Annotated[list[ItemId], Field(max_length=MAX_CANDIDATES)]
+    scores: Annotated[list[float], Field(max_length=MAX_CANDIDATES)]
+    sources: Annotated[list[Annotated[str, Field(max_length=32)]], Field(max_length=MAX_CANDIDATES)]
+    categories: Annotated[
+        list[Annotated[str, Field(max_length=128)]], Field(max_length=MAX_CANDIDATES)
+    ]
+
+    @model_validator(mode="after")
+    def _aligned(self) -> Self:
+        columns = {
+            "item_ids": self.item_ids,
+            "scores": self.scores,
+            "sources": self.sources,
+            "categories": self.categories,
+            **(self.model_extra or {}),
+        }
+        lengths = {
+            name: len(column) if isinstance(column, list) else None
+            for name, column in columns.items()
+        }
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"candidate columns differ in length: {lengths}")
+        if not all(math.isfinite(score) for score in self.scores):
+            raise ValueError("scores must be finite numbers")
+        return self
 
 
 def check_ranker(ranker) -> None:
@@ -62,27 +71,26 @@ class Ranking(StageService):
     def __init__(self) -> None:
         self.start_loading(lambda: load_ranker(SETTINGS.ranking_model_tag), check_ranker)
 
-    @bentoml.api
-    async def rank(
-        self,
-        user_id: UserId,
-        candidates: Annotated[list[Candidate], Field(max_length=MAX_CANDIDATES)],
-        ctx: bentoml.Context = None,
-    ) -> dict:
-        """The candidates re-ordered by the ranker's score (unknown items last)."""
-        try:
-            ranker = self.loaded.get()
-        except ModelNotReady as exc:
-            return bad_request(ctx, str(exc), status=503)
-        await inject_faults(SETTINGS)
-        items = rank_candidates(ranker, user_id, [c.model_dump() for c in candidates])
+    def answer_rank(self, user_id: str, candidates: dict[str, list]) -> dict:
+        ranked = rank_columns(self.loaded.get(), user_id, candidates)
+        count = len(candidates["item_ids"])
         set_attributes(
             user_hash=hash_id(user_id),
-            candidates=len(candidates),
-            unknown_items=sum(item["score"] is None for item in items),
+            candidates=count,
+            unknown_items=count - len(ranked["order"]),
             model_version=self.loaded.version,
         )
-        return json_answer({"items": items, "model_version": self.loaded.version})
+        return {**ranked, "model_version": self.loaded.version}
+
+    @bentoml.api
+    async def rank(
+        self, user_id: UserId, candidates: CandidateColumns, ctx: bentoml.Context = None
+    ) -> dict:
+        """The ranker's order of the candidates: `order` (positions in `candidates`, best
+        first) and `scores`; items the model does not know are left out."""
+        return await self.respond(
+            ctx, self.answer_rank, user_id=user_id, candidates=candidates.model_dump()
+        )
 
 
 protect(Ranking, "ranking", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)

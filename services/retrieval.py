@@ -8,13 +8,11 @@ import bentoml
 from pydantic import Field
 
 from recsys.artifacts import load_retrieval
-from recsys.serving import ItemId, ModelNotReady, UserId, inject_faults
+from recsys.serving import ItemId, UserId
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
     SETTINGS,
     StageService,
-    bad_request,
-    json_answer,
     packed_model,
     protect,
     service_config,
@@ -25,9 +23,9 @@ MAX_CANDIDATES = 2000
 
 def check_retrieval(model) -> None:
     """A cold and a warm query must both return candidates before the service is ready."""
-    if not model.retrieve("__readiness_probe__", 10):
+    if not model.retrieve_columns("__readiness_probe__", 10)["item_ids"]:
         raise RuntimeError("self-test: no candidates for an unknown user")
-    if len(model.users) and not model.retrieve(str(model.users.ids[0]), 10):
+    if len(model.users) and not model.retrieve_columns(str(model.users.ids[0]), 10)["item_ids"]:
         raise RuntimeError("self-test: no candidates for a known user")
 
 
@@ -39,6 +37,26 @@ class Retrieval(StageService):
     def __init__(self) -> None:
         self.start_loading(lambda: load_retrieval(SETTINGS.retrieval_model_tag), check_retrieval)
 
+    def answer_retrieve(
+        self,
+        user_id: str,
+        k: int = 200,
+        exclude_items: list[str] | tuple[str, ...] = (),
+        exclude_seen: bool = True,
+    ) -> dict:
+        model = self.loaded.get()
+        columns = model.retrieve_columns(user_id, k, exclude_items, exclude_seen)
+        cold = model.is_cold(model.users.index_of(user_id))
+        set_attributes(
+            user_hash=hash_id(user_id),
+            k=k,
+            candidates=len(columns["item_ids"]),
+            cold_start=cold,
+            excluded=len(exclude_items),
+            model_version=self.loaded.version,
+        )
+        return {"candidates": columns, "cold_start": cold, "model_version": self.loaded.version}
+
     @bentoml.api
     async def retrieve(
         self,
@@ -48,25 +66,28 @@ class Retrieval(StageService):
         exclude_seen: bool = True,
         ctx: bentoml.Context = None,
     ) -> dict:
-        """Candidates `[{item_id, score, source, category}]` for a user (unknown users allowed)."""
-        try:
-            model = self.loaded.get()
-        except ModelNotReady as exc:
-            return bad_request(ctx, str(exc), status=503)
-        await inject_faults(SETTINGS)
-        candidates = model.retrieve(user_id, k, exclude_items, exclude_seen)
-        cold = model.is_cold(model.users.index_of(user_id))
-        set_attributes(
-            user_hash=hash_id(user_id),
+        """Candidates for a user (unknown users allowed) as columns: `item_ids`, `scores`,
+        `sources`, `categories`, one entry per candidate in retrieval order."""
+        return await self.respond(
+            ctx,
+            self.answer_retrieve,
+            user_id=user_id,
             k=k,
-            candidates=len(candidates),
-            cold_start=cold,
-            excluded=len(exclude_items),
-            model_version=self.loaded.version,
+            exclude_items=exclude_items,
+            exclude_seen=exclude_seen,
         )
-        return json_answer(
-            {"candidates": candidates, "cold_start": cold, "model_version": self.loaded.version}
-        )
+
+    def answer_similar_items(self, item_id: str, k: int = 10) -> dict:
+        model = self.loaded.get()
+        items = model.similar_items(item_id, k)
+        if items is None:
+            return {
+                "items": model.popular_list(k),
+                "source": "popular",
+                "reason": "unknown_item",
+                "model_version": self.loaded.version,
+            }
+        return {"items": items, "source": "ann", "model_version": self.loaded.version}
 
     @bentoml.api
     async def similar_items(
@@ -76,20 +97,7 @@ class Retrieval(StageService):
         ctx: bentoml.Context = None,
     ) -> dict:
         """Items nearest to `item_id` by embedding cosine; trending items for unknown items."""
-        try:
-            model = self.loaded.get()
-        except ModelNotReady as exc:
-            return bad_request(ctx, str(exc), status=503)
-        await inject_faults(SETTINGS)
-        items = model.similar_items(item_id, k)
-        if items is None:
-            return {
-                "items": model.popular_list(k),
-                "source": "popular",
-                "reason": "unknown_item",
-                "model_version": self.loaded.version,
-            }
-        return json_answer({"items": items, "source": "ann", "model_version": self.loaded.version})
+        return await self.respond(ctx, self.answer_similar_items, item_id=item_id, k=k)
 
 
 protect(Retrieval, "retrieval", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)
