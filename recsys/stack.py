@@ -241,8 +241,9 @@ def start_service(
         "--working-dir",
         str(REPO_ROOT),
     ]
-    if name != "Recommender":
-        args += ["--service-name", name]
+    # Named even for the gateway: without --service-name, BentoML starts every stage left out of
+    # --depends as a process of its own instead of running it inside the gateway.
+    args += ["--service-name", name]
     for dependency, url in (depends or {}).items():
         args += ["--depends", f"{dependency}={url}"]
     return _launch(name, args, port, env, log_dir)
