@@ -249,6 +249,32 @@ def start_service(
     return _launch(name, args, port, env, log_dir)
 
 
+def start_all(
+    port: int,
+    env: Mapping[str, str] | None = None,
+    log_dir: Path = Path("/tmp/recsys-logs"),
+    service: str = GATEWAY,
+) -> ServerProcess:
+    """`bentoml serve` of a service, as in local development: for the gateway, BentoML starts
+    both stages as processes of its own, reached over Unix sockets."""
+    args = ["bentoml", "serve", service, "--host", "127.0.0.1", "--port", str(port)]
+    return _launch("stack", args, port, env, log_dir)
+
+
+@contextlib.contextmanager
+def serve_all(
+    env: Mapping[str, str] | None = None, timeout: float = 120.0
+) -> Iterator[ServerProcess]:
+    """`start_all`, once the gateway and both stages are ready; stopped on exit."""
+    server = start_all(free_port(), env)
+    try:
+        server.wait_ready(timeout)
+        server.wait_stages(timeout)
+        yield server
+    finally:
+        server.stop()
+
+
 @dataclass
 class Stack:
     """The processes of one serving stack: the gateway and the stages running apart from it.

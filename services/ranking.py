@@ -24,8 +24,9 @@ MAX_CANDIDATES = 2000
 
 
 class CandidateColumns(BaseModel):
-    """Retrieved candidates as columns (`RetrievalModel.retrieve_columns`), one entry per
-    candidate. Columns beyond the four named ones (features a ranker may read) pass through."""
+    """Retrieved candidates as columns (`RetrievalModel.retrieve_columns`): every column has
+    one entry per candidate, so all have the same length. Columns beyond the four named ones
+    (features a ranker may read) pass through."""
 
     model_config = ConfigDict(extra="allow")
 

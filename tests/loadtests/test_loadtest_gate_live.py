@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys.stack import REPO_ROOT, serve_all
+from recsys.stack import REPO_ROOT, serve_stack
 from tests.slo_verdict import judge_latency_only_breach
 
 
@@ -54,7 +54,7 @@ def explain(result) -> str:
 @pytest.fixture(scope="module")
 def slowed_stack(saved_tags, bentoml_home):
     env = {"BENTOML_HOME": str(bentoml_home), "RECSYS_FAULT_LATENCY_MS": SLOW_MS}
-    with serve_all(env=env) as server:
+    with serve_stack(env=env) as server:
         yield server
 
 
