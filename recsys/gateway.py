@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from recsys.serving import ServingSettings, cap_categories, fallback_reason
+from recsys.serving import ServingSettings, fallback_reason, top_k_items
 from recsys.tracing import SpanKind, hash_id, mark_error, set_attributes, tracer
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -166,7 +166,6 @@ class RecommendPipeline:
                 candidates = self.popular_candidates(set(exclude_items), settings.num_candidates)
                 set_attributes(span, candidates=len(candidates["item_ids"]))
             versions["popularity"] = self.popular_version()
-        item_ids, categories = candidates["item_ids"], candidates["categories"]
         try:
             ranked = await self.call(
                 "ranking",
@@ -174,33 +173,26 @@ class RecommendPipeline:
                 lambda: self.rank(user_id, candidates),
                 settings.ranking_timeout_s,
             )
-            order, scores = ranked["order"], ranked["scores"]
-            ranked_categories = [categories[position] for position in order]
+            with tracer.start_as_current_span("rerank") as span:
+                items = top_k_items(
+                    candidates, ranked["order"], ranked["scores"], k, settings.category_cap
+                )
+                set_attributes(span, category_cap=settings.category_cap, returned=len(items))
             versions["ranking"] = ranked["model_version"]
         except Exception as exc:
             self._fallback("ranking", exc, degraded)
-            order, scores = range(len(item_ids)), candidates["scores"]
-            ranked_categories = categories
-        with tracer.start_as_current_span("rerank") as span:
-            top = cap_categories(ranked_categories, k, settings.category_cap)
-            set_attributes(span, category_cap=settings.category_cap, returned=len(top))
+            order = range(len(candidates["item_ids"]))
+            items = top_k_items(candidates, order, candidates["scores"], k, settings.category_cap)
         set_attributes(
             user_hash=hash_id(user_id),
             k=k,
-            candidates=len(item_ids),
+            candidates=len(candidates["item_ids"]),
             degraded=bool(degraded),
             fallback_reason=",".join(f"{d['stage']}:{d['reason']}" for d in degraded) or None,
             **{f"model_version.{stage}": version for stage, version in versions.items()},
         )
         return {
-            "items": [
-                {
-                    "item_id": item_ids[order[rank]],
-                    "score": scores[rank],
-                    "category": ranked_categories[rank],
-                }
-                for rank in top
-            ],
+            "items": items,
             "model_versions": versions,
             "degraded": bool(degraded),
             "degraded_reasons": degraded,

@@ -140,6 +140,22 @@ def cap_categories(categories: Sequence[str], k: int, cap: int) -> list[int]:
     return taken
 
 
+def top_k_items(
+    candidates: dict[str, list], order: Sequence[int], scores: Sequence[float], k: int, cap: int
+) -> list[dict]:
+    """The answer's items: candidates in `order` (with their `scores`), category-capped, top k."""
+    item_ids, categories = candidates["item_ids"], candidates["categories"]
+    ranked_categories = [categories[position] for position in order]
+    return [
+        {
+            "item_id": item_ids[order[rank]],
+            "score": scores[rank],
+            "category": ranked_categories[rank],
+        }
+        for rank in cap_categories(ranked_categories, k, cap)
+    ]
+
+
 class ModelNotReady(RuntimeError):
     """The service's model is still loading, or failed to load."""
 
