@@ -95,6 +95,9 @@ class RecommendPipeline:
     popular_version: Callable[[], str]
     on_fallback: FallbackHook
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    # Stages running in this process: called directly, with no timeout (their work is
+    # synchronous and cannot be interrupted) and no retry (there is no connection to lose).
+    in_process: frozenset[str] = frozenset()
 
     def breaker(self, stage: str) -> CircuitBreaker:
         if stage not in self.breakers:
@@ -104,9 +107,11 @@ class RecommendPipeline:
         return self.breakers[stage]
 
     async def call(self, stage: str, span_name: str, make_request, timeout: float) -> Any:
-        """One stage call: breaker check, CLIENT span, timeout; failures mark span and breaker."""
+        """One stage call: breaker check, span, timeout; failures mark span and breaker."""
         breaker = self.breaker(stage)
-        with tracer.start_as_current_span(span_name, kind=SpanKind.CLIENT) as span:
+        local = stage in self.in_process
+        kind = SpanKind.INTERNAL if local else SpanKind.CLIENT
+        with tracer.start_as_current_span(span_name, kind=kind) as span:
             if not breaker.allow():
                 exc = CircuitOpenError(f"{stage} circuit is open")
                 mark_error(span, exc)
@@ -123,7 +128,7 @@ class RecommendPipeline:
                     return await make_request()
 
             try:
-                result = await asyncio.wait_for(attempt(), timeout)
+                result = await (make_request() if local else asyncio.wait_for(attempt(), timeout))
             except Exception as exc:
                 breaker.record_failure()
                 mark_error(span, exc)

@@ -388,13 +388,13 @@ class StageService:
             MODEL_INFO.labels(self.component, self.loaded.version, SETTINGS.track).set(1)
         return self.loaded.ready
 
-    async def respond(self, ctx: bentoml.Context, answer, **arguments) -> Response | dict:
+    async def respond(self, answer, **arguments) -> Response:
         """An HTTP answer: the `answer_` method's dict as JSON, or 503 while not ready."""
         try:
             await inject_faults(SETTINGS)
             return json_answer(answer(**arguments))
         except ModelNotReady as exc:
-            return bad_request(ctx, str(exc), status=503)
+            return unavailable(str(exc))
 
 
 class LocalStage:
@@ -426,19 +426,21 @@ class LocalStage:
         return await self._call(self.service.answer_rank, arguments)
 
 
-def json_answer(payload: dict) -> Response:
-    """A stage's answer encoded with orjson: BentoML would dump it with the standard library
-    after a pydantic round trip (over 1 ms for 200 candidates). The declared return type, and
-    so the OpenAPI document, stay `dict`."""
+def json_answer(payload: dict, status: int = 200) -> Response:
+    """An answer encoded with orjson, in one body with its length. BentoML would validate and
+    dump it through pydantic, encode it with the standard library, build a JSON schema to find
+    its media type and stream it in chunks: about a third of a request's CPU. The declared
+    return type, and so the OpenAPI document, stay what the API says."""
     return Response(
-        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
     )
 
 
-def bad_request(ctx: bentoml.Context, message: str, status: int = 400) -> dict:
-    """Set an error status on the response and return the error body."""
-    ctx.response.status_code = status
-    return {"error": message}
+def unavailable(message: str) -> Response:
+    """503 with the error body every service uses: a model is still loading or failed to."""
+    return json_answer({"error": message}, status=503)
 
 
 class StageDependency(Dependency):

@@ -84,13 +84,11 @@ class Ranking(StageService):
         return {**ranked, "model_version": self.loaded.version}
 
     @bentoml.api
-    async def rank(
-        self, user_id: UserId, candidates: CandidateColumns, ctx: bentoml.Context = None
-    ) -> dict:
+    async def rank(self, user_id: UserId, candidates: CandidateColumns) -> dict:
         """The ranker's order of the candidates: `order` (positions in `candidates`, best
         first) and `scores`; items the model does not know are left out."""
         return await self.respond(
-            ctx, self.answer_rank, user_id=user_id, candidates=candidates.model_dump()
+            self.answer_rank, user_id=user_id, candidates=candidates.model_dump()
         )
 
 

@@ -64,7 +64,7 @@ class Recommender(GatewayAPI):
     def __init__(self) -> None:
         install_tracing()
         self.popular = BackgroundModel("popularity", load_popular, check_popular)
-        # Resolving the stages now starts loading the in-process ones' models at once.
+        # Resolving the stages (self.retrieval, self.ranking) starts loading in-process models.
         self.stage_handles = (self.retrieval, self.ranking)
         self.pipeline = RecommendPipeline(
             settings=SETTINGS,
@@ -79,6 +79,11 @@ class Recommender(GatewayAPI):
             popular_version=lambda: self.popular.version,
             on_fallback=count_fallback,
             breakers=breakers(),
+            in_process=frozenset(
+                stage
+                for stage, handle in (("retrieval", self.retrieval), ("ranking", self.ranking))
+                if isinstance(handle, LocalStage)
+            ),
         )
 
     def __is_ready__(self) -> bool:

@@ -64,12 +64,10 @@ class Retrieval(StageService):
         k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES)] = 200,
         exclude_items: Annotated[list[ItemId], Field(max_length=SETTINGS.max_exclude_items)] = [],  # noqa: B006
         exclude_seen: bool = True,
-        ctx: bentoml.Context = None,
     ) -> dict:
         """Candidates for a user (unknown users allowed) as columns: `item_ids`, `scores`,
         `sources`, `categories`, one entry per candidate in retrieval order."""
         return await self.respond(
-            ctx,
             self.answer_retrieve,
             user_id=user_id,
             k=k,
@@ -94,10 +92,9 @@ class Retrieval(StageService):
         self,
         item_id: ItemId,
         k: Annotated[int, Field(ge=1, le=SETTINGS.max_k)] = 10,
-        ctx: bentoml.Context = None,
     ) -> dict:
         """Items nearest to `item_id` by embedding cosine; trending items for unknown items."""
-        return await self.respond(ctx, self.answer_similar_items, item_id=item_id, k=k)
+        return await self.respond(self.answer_similar_items, item_id=item_id, k=k)
 
 
 protect(Retrieval, "retrieval", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)

@@ -265,3 +265,19 @@ def test_fallback_reason_of_a_stage_refusal(status, body, reason):
 
     exc = BentoMLException.error_mapping.get(HTTPStatus(status), BentoMLException)
     assert fallback_reason(exc(body, error_code=HTTPStatus(status))) == reason
+
+
+def test_in_process_stage_has_no_timeout_and_no_retry():
+    calls = 0
+
+    async def slow_local_rank(user_id, candidates):
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.1)  # over the timeout below: an in-process call is not cut off
+        raise ConnectionError("not a connection: in-process failures are not retried")
+
+    pipeline, fallbacks = _pipeline(rank=slow_local_rank, ranking_timeout_s=0.01)
+    pipeline.in_process = frozenset({"ranking"})
+    answer = asyncio.run(pipeline.recommend("u1", 3, []))
+    assert calls == 1 and fallbacks == [("ranking", "unavailable")]
+    assert [i["item_id"] for i in answer["items"]] == ["i0", "i1", "i2"]
