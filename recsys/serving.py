@@ -50,6 +50,16 @@ class ServingSettings(BaseSettings):
     max_k: int = Field(100, ge=1, le=1000, description="Largest k a caller may ask for.")
     max_exclude_items: int = Field(500, ge=0, description="Longest exclude_items list accepted.")
     max_batch_users: int = Field(64, ge=1, description="Most users in one recommend_batch call.")
+    rank_batching: bool = Field(
+        True, description="Concurrent requests share one ranking prediction (micro-batching)."
+    )
+    rank_batch_max: int = Field(16, ge=1, description="Most requests in one ranking batch.")
+    rank_batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a ranking batch waits for more requests (0: only those already"
+        " waiting, at the event loop's next turn).",
+    )
     max_request_bytes: int = Field(262_144, ge=1024, description="Largest request body accepted.")
     retrieval_timeout_s: float = Field(0.5, gt=0, description="Gateway timeout for retrieval.")
     ranking_timeout_s: float = Field(0.5, gt=0, description="Gateway timeout for ranking.")
@@ -224,14 +234,19 @@ class BackgroundModel:
 def rank_columns(ranker, user_id: str, candidates: dict[str, list]) -> dict[str, list]:
     """The ranker's verdict on candidate columns: `order` (positions in `candidates`, best
     first) and their `scores`. Items the ranker does not know are left out."""
+    return rank_columns_many(ranker, [(user_id, candidates)])[0]
+
+
+def rank_columns_many(ranker, requests: list[tuple[str, dict[str, list]]]) -> list[dict]:
+    """`rank_columns` for several requests with one model prediction."""
     import numpy as np
 
-    if not candidates["item_ids"]:
-        return {"order": [], "scores": []}
-    scores = ranker.score_columns(user_id, candidates)
-    order = np.argsort(-scores, kind="stable")
-    order = order[np.isfinite(scores[order])]
-    return {"order": order.tolist(), "scores": scores[order].tolist()}
+    verdicts = []
+    for scores in ranker.score_columns_many(requests):
+        order = np.argsort(-scores, kind="stable")
+        order = order[np.isfinite(scores[order])]
+        verdicts.append({"order": order.tolist(), "scores": scores[order].tolist()})
+    return verdicts
 
 
 def fallback_reason(exc: BaseException) -> str:

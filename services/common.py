@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
 import logging
 import os
@@ -33,6 +34,11 @@ SHED = bentoml.metrics.Counter(
     name="recsys_shed_total",
     documentation="Requests refused with 503 because too many were in flight.",
     labelnames=["component"],
+)
+RANK_BATCH_SIZE = bentoml.metrics.Histogram(
+    name="recsys_rank_batch_size",
+    documentation="Requests ranked together in one model prediction (micro-batching).",
+    buckets=[1, 2, 3, 4, 6, 8, 12, 16, 32, 64],
 )
 MODEL_INFO = bentoml.metrics.Gauge(
     name="recsys_model_info",
@@ -392,9 +398,14 @@ class StageService:
         """An HTTP answer: the `answer_` method's dict as JSON, or 503 while not ready."""
         try:
             await inject_faults(SETTINGS)
-            return json_answer(answer(**arguments))
+            return json_answer(await settled(answer(**arguments)))
         except ModelNotReady as exc:
             return unavailable(str(exc))
+
+
+async def settled(answer):
+    """The value of an `answer_` method: returned as is, or awaited when it is a coroutine."""
+    return await answer if inspect.isawaitable(answer) else answer
 
 
 class LocalStage:
@@ -414,7 +425,7 @@ class LocalStage:
 
     async def _call(self, answer, arguments: dict) -> dict:
         await inject_faults(SETTINGS)
-        return answer(**arguments)
+        return await settled(answer(**arguments))
 
     async def retrieve(self, **arguments) -> dict:
         return await self._call(self.service.answer_retrieve, arguments)

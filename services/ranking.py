@@ -10,9 +10,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsys.artifacts import load_ranker
-from recsys.serving import ItemId, UserId, rank_columns
+from recsys.batching import MicroBatcher
+from recsys.serving import ItemId, UserId, rank_columns_many
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
+    RANK_BATCH_SIZE,
     SETTINGS,
     StageService,
     packed_model,
@@ -71,17 +73,31 @@ class Ranking(StageService):
 
     def __init__(self) -> None:
         self.start_loading(lambda: load_ranker(SETTINGS.ranking_model_tag), check_ranker)
+        self.batcher = (
+            MicroBatcher(
+                self.answer_rank_many,
+                SETTINGS.rank_batch_max,
+                SETTINGS.rank_batch_wait_ms / 1000,
+                on_batch=RANK_BATCH_SIZE.observe,
+            )
+            if SETTINGS.rank_batching
+            else None
+        )
 
-    def answer_rank(self, user_id: str, candidates: dict[str, list]) -> dict:
-        ranked = rank_columns(self.loaded.get(), user_id, candidates)
-        count = len(candidates["item_ids"])
+    def answer_rank_many(self, requests: list[tuple[str, dict[str, list]]]) -> list[dict]:
+        """Several requests' verdicts from one model prediction (ModelNotReady fails all)."""
+        verdicts = rank_columns_many(self.loaded.get(), requests)
+        return [{**verdict, "model_version": self.loaded.version} for verdict in verdicts]
+
+    async def answer_rank(self, user_id: str, candidates: dict[str, list]) -> dict:
         set_attributes(
             user_hash=hash_id(user_id),
-            candidates=count,
-            unknown_items=count - len(ranked["order"]),
+            candidates=len(candidates["item_ids"]),
             model_version=self.loaded.version,
         )
-        return {**ranked, "model_version": self.loaded.version}
+        if self.batcher is None:
+            return self.answer_rank_many([(user_id, candidates)])[0]
+        return await self.batcher.submit((user_id, candidates))
 
     @bentoml.api
     async def rank(self, user_id: UserId, candidates: CandidateColumns) -> dict:
