@@ -53,8 +53,9 @@ class BenchConfig:
     scann_builds: tuple[dict, ...] = ({}, {"leaves_per_sqrt_n": 0.5})
     scann_shares: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
     scann_reorder: tuple[int, ...] = (100, 250, 500, 1000, 2000)
-    # Served variants (see bench/servers.py): the BentoML forms and the KServe peer.
-    variants: tuple[str, ...] = ("default", "split", "single", "kserve")
+    # Served variants (see bench/servers.py): the BentoML forms (the default one also with the
+    # ranking micro-batching off) and the KServe peer.
+    variants: tuple[str, ...] = ("default", "default-nobatch", "split", "single", "kserve")
 
     def to_dict(self) -> dict:
         return asdict(self)

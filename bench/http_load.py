@@ -278,6 +278,9 @@ def compare_with_peer(sequential: dict, capacity: dict, saturation: dict) -> dic
             "saturation_p95_ratio": _ratio(
                 saturation[name]["latency_ms"]["p95"], saturation[peer]["latency_ms"]["p95"]
             ),
+            "saturation_p99_ratio": _ratio(
+                saturation[name]["latency_ms"]["p99"], saturation[peer]["latency_ms"]["p99"]
+            ),
             "sequential_p50_ratio": _ratio(
                 sequential[name]["latency_ms"]["p50"], sequential[peer]["latency_ms"]["p50"]
             ),

@@ -7,7 +7,8 @@
 - kserve:  the peer, one KServe `ModelServer` model (`bench.kserve_peer`).
 
 The BentoML forms are started by `recsys.stack.start_stack`, as the image runs each service
-(`start-http-server`). A `-wN` suffix runs N workers per service (e.g. `single-w2`). All of
+(`start-http-server`). A `-wN` suffix runs N workers per service (e.g. `single-w2`), `-nobatch`
+turns the ranking micro-batching off (e.g. `default-nobatch`). All of
 them load the same stored models, freeze the garbage collector's heap after loading them (the
 services do it in `recsys.serving.BackgroundModel`, the peer in its own `load`), log no line
 per request and shed no load (RECSYS_*_MAX_IN_FLIGHT=0), so capacity is limited by the work,
@@ -51,22 +52,30 @@ class VariantSpec:
 
     form: str
     workers: int
+    batching: bool = True
 
     @classmethod
     def parse(cls, name: str) -> VariantSpec:
         form, *flags = name.split("-")
         if form not in LABELS:
             raise ValueError(f"unknown form {form!r} in variant {name!r}: one of {list(LABELS)}")
-        workers = 1
+        workers, batching = 1, True
         for flag in flags:
-            if not (flag.startswith("w") and flag[1:].isdigit()):
-                raise ValueError(f"unknown suffix -{flag} in variant {name!r}: only -wN")
-            workers = int(flag[1:])
-        return cls(form, workers)
+            if flag == "nobatch" and form != "kserve":
+                batching = False
+            elif flag.startswith("w") and flag[1:].isdigit():
+                workers = int(flag[1:])
+            else:
+                raise ValueError(
+                    f"unknown suffix -{flag} in variant {name!r}: -wN or -nobatch (BentoML forms)"
+                )
+        return cls(form, workers, batching)
 
     def label(self) -> str:
         text = LABELS[self.form]
-        return text if self.workers == 1 else f"{text}, {self.workers} workers"
+        if self.workers != 1:
+            text += f", {self.workers} workers"
+        return text if self.batching else f"{text}, ranking batching off"
 
 
 @dataclass
@@ -114,8 +123,9 @@ class Variant:
         self.server.stop()
 
 
-def bento_env(models: TrainedModels, workers: int) -> dict[str, str]:
+def bento_env(models: TrainedModels, workers: int, batching: bool = True) -> dict[str, str]:
     return {
+        "RECSYS_RANK_BATCHING": str(batching).lower(),
         **models.service_env(),
         "OPENBLAS_NUM_THREADS": "1",
         "RECSYS_WORKERS": str(workers),
@@ -127,9 +137,12 @@ def bento_env(models: TrainedModels, workers: int) -> dict[str, str]:
     }
 
 
-def start_bento(name: str, models: TrainedModels, log_dir: Path, workers: int = 1) -> Variant:
+def start_bento(
+    name: str, models: TrainedModels, log_dir: Path, workers: int = 1, batching: bool = True
+) -> Variant:
     """Start a BentoML form (returns at once; `wait` blocks until ready)."""
-    server = start_stack(free_port(), bento_env(models, workers), log_dir=log_dir, form=name)
+    env = bento_env(models, workers, batching)
+    server = start_stack(free_port(), env, log_dir=log_dir, form=name)
 
     def wait(timeout: float) -> None:
         server.wait_ready(timeout)
@@ -209,7 +222,7 @@ def start_variants(
             if spec.form == "kserve":
                 variant = start_kserve(models, log_dir, spec.workers)
             else:
-                variant = start_bento(spec.form, models, log_dir, spec.workers)
+                variant = start_bento(spec.form, models, log_dir, spec.workers, spec.batching)
             variant.name = name
             variants[name] = variant
         for name, variant in variants.items():
