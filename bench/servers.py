@@ -8,7 +8,7 @@
 
 The BentoML forms are started by `recsys.stack.start_stack`, as the image runs each service
 (`start-http-server`). A `-wN` suffix runs N workers per service (e.g. `single-w2`), `-nobatch`
-turns the ranking micro-batching off (e.g. `default-nobatch`). All of
+turns the micro-batching off (e.g. `default-nobatch`). All of
 them load the same stored models, freeze the garbage collector's heap after loading them (the
 services do it in `recsys.serving.BackgroundModel`, the peer in its own `load`), log no line
 per request and shed no load (RECSYS_*_MAX_IN_FLIGHT=0), so capacity is limited by the work,
@@ -75,7 +75,7 @@ class VariantSpec:
         text = LABELS[self.form]
         if self.workers != 1:
             text += f", {self.workers} workers"
-        return text if self.batching else f"{text}, ranking batching off"
+        return text if self.batching else f"{text}, batching off"
 
 
 @dataclass
@@ -125,7 +125,7 @@ class Variant:
 
 def bento_env(models: TrainedModels, workers: int, batching: bool = True) -> dict[str, str]:
     return {
-        "RECSYS_RANK_BATCHING": str(batching).lower(),
+        "RECSYS_BATCHING": str(batching).lower(),
         **models.service_env(),
         "OPENBLAS_NUM_THREADS": "1",
         "RECSYS_WORKERS": str(workers),

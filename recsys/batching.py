@@ -1,16 +1,19 @@
 """Micro-batching for a server's event loop: calls that arrive together share one batch call.
 
-A model whose cost per call has a large fixed part (XGBoost's `inplace_predict` takes about as
-long for 400 rows as for 200) serves concurrent requests cheaper in one call. `MicroBatcher`
-collects the calls made while a batch is pending and runs the batch function once for all of
-them, at the next turn of the event loop (`max_wait_s=0`: no call waits for one that has not
-arrived yet) or after `max_wait_s`, or as soon as `max_size` calls are waiting.
+Work whose cost per call has a large fixed part serves concurrent requests cheaper in one call:
+XGBoost's `inplace_predict` takes about as long for 400 rows as for 200, and an HTTP exchange
+with a stage costs about the same for one user as for eight. `MicroBatcher` collects the calls
+made while a batch is pending and runs the batch function once for all of them, at the next
+turn of the event loop (`max_wait_s=0`: no call waits for one that has not arrived yet) or
+after `max_wait_s`, or as soon as `max_size` calls are waiting. The batch function may be a
+plain function (run in the event loop) or a coroutine function (awaited in a task).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -27,7 +30,7 @@ class MicroBatcher(Generic[Item, Result]):
 
     def __init__(
         self,
-        run: Callable[[list[Item]], Sequence[Result]],
+        run: Callable[[list[Item]], Sequence[Result] | Awaitable[Sequence[Result]]],
         max_size: int = 16,
         max_wait_s: float = 0.0,
         on_batch: Callable[[int], None] | None = None,
@@ -40,6 +43,7 @@ class MicroBatcher(Generic[Item, Result]):
         self.on_batch = on_batch
         self._waiting: list[tuple[Item, asyncio.Future]] = []
         self._timer: asyncio.Handle | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     async def submit(self, item: Item) -> Result:
         loop = asyncio.get_running_loop()
@@ -65,13 +69,32 @@ class MicroBatcher(Generic[Item, Result]):
             self.on_batch(len(batch))
         try:
             results = self.run([item for item, _ in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"batch of {len(batch)} returned {len(results)} results")
         except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _settle(batch, exc)
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():  # a caller that gave up (cancelled) is skipped
-                future.set_result(result)
+        if inspect.isawaitable(results):
+            task = asyncio.ensure_future(_awaited(results, batch))
+            self._tasks.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._tasks.discard)
+        else:
+            _settle(batch, results)
+
+
+async def _awaited(results: Awaitable[Sequence], batch: list) -> None:
+    try:
+        _settle(batch, await results)
+    except Exception as exc:
+        _settle(batch, exc)
+
+
+def _settle(batch: list[tuple[object, asyncio.Future]], results: Sequence | Exception) -> None:
+    """Give each waiting call its result, or the batch's exception to all of them."""
+    if not isinstance(results, Exception) and len(results) != len(batch):
+        results = RuntimeError(f"batch of {len(batch)} returned {len(results)} results")
+    for position, (_, future) in enumerate(batch):
+        if future.done():  # a caller that gave up (cancelled) is skipped
+            continue
+        if isinstance(results, Exception):
+            future.set_exception(results)
+        else:
+            future.set_result(results[position])

@@ -50,15 +50,17 @@ class ServingSettings(BaseSettings):
     max_k: int = Field(100, ge=1, le=1000, description="Largest k a caller may ask for.")
     max_exclude_items: int = Field(500, ge=0, description="Longest exclude_items list accepted.")
     max_batch_users: int = Field(64, ge=1, description="Most users in one recommend_batch call.")
-    rank_batching: bool = Field(
-        True, description="Concurrent requests share one ranking prediction (micro-batching)."
+    batching: bool = Field(
+        True,
+        description="Micro-batching: concurrent requests share one ranking prediction, and one"
+        " gateway call to a remote Retrieval.",
     )
-    rank_batch_max: int = Field(16, ge=1, description="Most requests in one ranking batch.")
-    rank_batch_wait_ms: float = Field(
+    batch_max: int = Field(16, ge=1, description="Most requests in one batch.")
+    batch_wait_ms: float = Field(
         0.0,
         ge=0,
-        description="How long a ranking batch waits for more requests (0: only those already"
-        " waiting, at the event loop's next turn).",
+        description="How long a batch waits for more requests (0: only those already waiting,"
+        " at the event loop's next turn).",
     )
     max_request_bytes: int = Field(262_144, ge=1024, description="Largest request body accepted.")
     retrieval_timeout_s: float = Field(0.5, gt=0, description="Gateway timeout for retrieval.")

@@ -35,9 +35,11 @@ SHED = bentoml.metrics.Counter(
     documentation="Requests refused with 503 because too many were in flight.",
     labelnames=["component"],
 )
-RANK_BATCH_SIZE = bentoml.metrics.Histogram(
-    name="recsys_rank_batch_size",
-    documentation="Requests ranked together in one model prediction (micro-batching).",
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name="recsys_batch_size",
+    documentation="Requests served together by one batch (micro-batching): one ranking "
+    "prediction, or one gateway call to a remote Retrieval.",
+    labelnames=["stage"],
     buckets=[1, 2, 3, 4, 6, 8, 12, 16, 32, 64],
 )
 MODEL_INFO = bentoml.metrics.Gauge(
@@ -424,7 +426,8 @@ class LocalStage:
         return self.ready
 
     async def _call(self, answer, arguments: dict) -> dict:
-        await inject_faults(SETTINGS)
+        # No fault injection here: the test-only faults are per process, and the gateway's API
+        # already applied this process's.
         return await settled(answer(**arguments))
 
     async def retrieve(self, **arguments) -> dict:

@@ -14,7 +14,7 @@ from recsys.batching import MicroBatcher
 from recsys.serving import ItemId, UserId, rank_columns_many
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
-    RANK_BATCH_SIZE,
+    BATCH_SIZE,
     SETTINGS,
     StageService,
     packed_model,
@@ -76,11 +76,11 @@ class Ranking(StageService):
         self.batcher = (
             MicroBatcher(
                 self.answer_rank_many,
-                SETTINGS.rank_batch_max,
-                SETTINGS.rank_batch_wait_ms / 1000,
-                on_batch=RANK_BATCH_SIZE.observe,
+                SETTINGS.batch_max,
+                SETTINGS.batch_wait_ms / 1000,
+                on_batch=BATCH_SIZE.labels("ranking").observe,
             )
-            if SETTINGS.rank_batching
+            if SETTINGS.batching
             else None
         )
 

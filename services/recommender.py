@@ -16,10 +16,12 @@ import json
 import bentoml
 
 from recsys.artifacts import RETRIEVAL_MODEL, model_path
+from recsys.batching import MicroBatcher
 from recsys.gateway import CircuitBreaker, RecommendPipeline
 from recsys.retrieval import POPULAR_FILE
 from recsys.serving import BackgroundModel
 from services.common import (
+    BATCH_SIZE,
     MODEL_INFO,
     SETTINGS,
     LocalStage,
@@ -68,9 +70,7 @@ class Recommender(GatewayAPI):
         self.stage_handles = (self.retrieval, self.ranking)
         self.pipeline = RecommendPipeline(
             settings=SETTINGS,
-            retrieve=lambda user_id, k, exclude: self.retrieval.retrieve(
-                user_id=user_id, k=k, exclude_items=exclude
-            ),
+            retrieve=self._retriever(),
             rank=lambda user_id, candidates: self.ranking.rank(
                 user_id=user_id, candidates=candidates
             ),
@@ -84,6 +84,27 @@ class Recommender(GatewayAPI):
                 for stage, handle in (("retrieval", self.retrieval), ("ranking", self.ranking))
                 if isinstance(handle, LocalStage)
             ),
+        )
+
+    def _retriever(self):
+        """How the pipeline calls retrieval: directly, or (a remote stage with batching on)
+        through a micro-batcher, so that concurrent requests share one HTTP exchange."""
+        if isinstance(self.retrieval, LocalStage) or not SETTINGS.batching:
+            return lambda user_id, k, exclude: self.retrieval.retrieve(
+                user_id=user_id, k=k, exclude_items=exclude
+            )
+
+        async def retrieve_batch(requests: list[dict]) -> list[dict]:
+            return (await self.retrieval.retrieve_batch(requests=requests))["results"]
+
+        batcher = MicroBatcher(
+            retrieve_batch,
+            SETTINGS.batch_max,
+            SETTINGS.batch_wait_ms / 1000,
+            on_batch=BATCH_SIZE.labels("retrieval").observe,
+        )
+        return lambda user_id, k, exclude: batcher.submit(
+            {"user_id": user_id, "k": k, "exclude_items": exclude}
         )
 
     def __is_ready__(self) -> bool:

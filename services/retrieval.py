@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import bentoml
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from recsys.artifacts import load_retrieval
 from recsys.serving import ItemId, UserId
@@ -19,6 +19,18 @@ from services.common import (
 )
 
 MAX_CANDIDATES = 2000
+MAX_BATCH_REQUESTS = 256
+CandidateCount = Annotated[int, Field(ge=1, le=MAX_CANDIDATES)]
+Exclusions = Annotated[list[ItemId], Field(max_length=SETTINGS.max_exclude_items)]
+
+
+class RetrieveRequest(BaseModel):
+    """One user's candidate request, as in `/retrieve`."""
+
+    user_id: UserId
+    k: CandidateCount = 200
+    exclude_items: Exclusions = []
+    exclude_seen: bool = True
 
 
 def check_retrieval(model) -> None:
@@ -37,7 +49,7 @@ class Retrieval(StageService):
     def __init__(self) -> None:
         self.start_loading(lambda: load_retrieval(SETTINGS.retrieval_model_tag), check_retrieval)
 
-    def answer_retrieve(
+    def _candidates(
         self,
         user_id: str,
         k: int = 200,
@@ -47,22 +59,30 @@ class Retrieval(StageService):
         model = self.loaded.get()
         columns = model.retrieve_columns(user_id, k, exclude_items, exclude_seen)
         cold = model.is_cold(model.users.index_of(user_id))
+        return {"candidates": columns, "cold_start": cold, "model_version": self.loaded.version}
+
+    def answer_retrieve(self, user_id: str, k: int = 200, **options) -> dict:
+        answer = self._candidates(user_id, k, **options)
         set_attributes(
             user_hash=hash_id(user_id),
             k=k,
-            candidates=len(columns["item_ids"]),
-            cold_start=cold,
-            excluded=len(exclude_items),
+            candidates=len(answer["candidates"]["item_ids"]),
+            cold_start=answer["cold_start"],
+            excluded=len(options.get("exclude_items", ())),
             model_version=self.loaded.version,
         )
-        return {"candidates": columns, "cold_start": cold, "model_version": self.loaded.version}
+        return answer
+
+    def answer_retrieve_batch(self, requests: list[dict]) -> dict:
+        set_attributes(requests=len(requests), model_version=self.loaded.version)
+        return {"results": [self._candidates(**request) for request in requests]}
 
     @bentoml.api
     async def retrieve(
         self,
         user_id: UserId,
-        k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES)] = 200,
-        exclude_items: Annotated[list[ItemId], Field(max_length=SETTINGS.max_exclude_items)] = [],  # noqa: B006
+        k: CandidateCount = 200,
+        exclude_items: Exclusions = [],  # noqa: B006
         exclude_seen: bool = True,
     ) -> dict:
         """Candidates for a user (unknown users allowed) as columns: `item_ids`, `scores`,
@@ -74,6 +94,18 @@ class Retrieval(StageService):
             exclude_items=exclude_items,
             exclude_seen=exclude_seen,
         )
+
+    @bentoml.api
+    async def retrieve_batch(
+        self,
+        requests: Annotated[
+            list[RetrieveRequest], Field(min_length=1, max_length=MAX_BATCH_REQUESTS)
+        ],
+    ) -> dict:
+        """`/retrieve` for several users in one call (the gateway's micro-batching):
+        `{"results": [...]}`, one `/retrieve` answer per request, in order."""
+        requests = [request.model_dump() for request in requests]
+        return await self.respond(self.answer_retrieve_batch, requests=requests)
 
     def answer_similar_items(self, item_id: str, k: int = 10) -> dict:
         model = self.loaded.get()

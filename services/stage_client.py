@@ -85,6 +85,9 @@ class StageClient:
     async def retrieve(self, **arguments: Any) -> dict:
         return await self.call("/retrieve", arguments)
 
+    async def retrieve_batch(self, **arguments: Any) -> dict:
+        return await self.call("/retrieve_batch", arguments)
+
     async def rank(self, **arguments: Any) -> dict:
         return await self.call("/rank", arguments)
 

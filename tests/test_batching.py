@@ -101,3 +101,27 @@ def test_batched_ranking_equals_one_request_at_a_time(tiny_result):
         assert verdict["order"] == alone["order"]
         np.testing.assert_allclose(verdict["scores"], alone["scores"], rtol=1e-6)
     assert batched[-2] == {"order": [], "scores": []} and batched[-1] == {"order": [], "scores": []}
+
+
+def test_an_async_batch_function_is_awaited_once_per_batch():
+    batches: list[list[str]] = []
+
+    async def remote(items: list[str]) -> list[str]:
+        batches.append(items)
+        await asyncio.sleep(0.01)  # an HTTP call
+        return [item.upper() for item in items]
+
+    async def failing(items: list[str]) -> list[str]:
+        raise ConnectionError("stage down")
+
+    async def main():
+        ok = await asyncio.gather(*(MicroBatcher(remote).submit(x) for x in "a"))
+        batcher = MicroBatcher(remote)
+        together = await asyncio.gather(*(batcher.submit(x) for x in "xyz"))
+        down = MicroBatcher(failing)
+        failed = await asyncio.gather(*(down.submit(x) for x in "pq"), return_exceptions=True)
+        return ok, together, failed
+
+    ok, together, failed = asyncio.run(main())
+    assert ok == ["A"] and together == ["X", "Y", "Z"] and batches == [["a"], ["x", "y", "z"]]
+    assert all(isinstance(result, ConnectionError) for result in failed)

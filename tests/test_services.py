@@ -185,6 +185,28 @@ def test_metrics_expose_requests_and_versions(client, warm_user, saved_tags):
     assert f'model_version="{saved_tags["retrieval"]}"' in text
 
 
+def test_concurrent_requests_are_batched_and_answered_alike(stack, client, tiny_result):
+    """Every request passes through exactly one retrieval batch (one HTTP call to Retrieval
+    for all requests waiting together) and one ranking batch, and gets the answer it gets
+    alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tiny_result.retrieval
+    users = [str(model.users.ids[u]) for u in range(24)]
+    alone = {user: _recommend(client, user_id=user, k=5)["items"] for user in users}
+    before = client.get("/metrics").text
+    with ThreadPoolExecutor(8) as pool:
+        answers = pool.map(lambda user: _recommend(client, user_id=user, k=5)["items"], users)
+        together = dict(zip(users, answers, strict=True))
+    after = client.get("/metrics").text
+    assert together == alone
+    for stage in ("retrieval", "ranking"):
+        summed = [
+            _metric_total(text, "recsys_batch_size_sum", stage=stage) for text in (before, after)
+        ]
+        assert summed[1] - summed[0] == len(users), stage
+
+
 def offline_top_k(tiny_result, user_ids: list[str], k: int) -> dict[str, list[str]]:
     """The evaluation's two-stage top k (`recsys.evaluate.recommend_all`), as item ids."""
     from recsys.evaluate import recommend_all

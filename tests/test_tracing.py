@@ -69,11 +69,12 @@ def test_one_trace_joins_gateway_retrieval_and_ranking(
     assert {s.service for s in spans.values()} == {"Recommender", "Retrieval", "Ranking"}
     assert root.parent_id == ""  # the gateway's server span starts the trace
     # client span in the gateway -> server span in the stage -> work spans inside it
-    for stage, endpoint, work in (
-        ("Retrieval", "POST /retrieve", ("ann_search", "popular_candidates")),
-        ("Ranking", "POST /rank", ("feature_assembly", "model_prediction")),
+    # (retrieval is called through the gateway's micro-batcher: /retrieve_batch)
+    for stage, call, endpoint, work in (
+        ("Retrieval", "retrieve", "POST /retrieve_batch", ("ann_search", "popular_candidates")),
+        ("Ranking", "rank", "POST /rank", ("feature_assembly", "model_prediction")),
     ):
-        client = spans[f"Recommender:{stage}.{endpoint.split('/')[1]}"]
+        client = spans[f"Recommender:{stage}.{call}"]
         server = spans[f"{stage}:{endpoint}"]
         assert client.parent_id == root.span_id and client.kind == 3  # SPAN_KIND_CLIENT
         assert server.parent_id == client.span_id and server.kind == 2  # SPAN_KIND_SERVER
@@ -124,7 +125,7 @@ def test_ranking_failure_shows_as_error_span_and_fallback(saved_tags, bentoml_ho
     assert "exception" in client.events
     assert root.attributes["recsys.degraded"] is True
     assert root.attributes["recsys.fallback_reason"] == "ranking:error"
-    assert spans["Retrieval:POST /retrieve"].status_code != 2
+    assert spans["Retrieval:POST /retrieve_batch"].status_code != 2
     # the fallback log line carries the trace id of that very request
     fallback_lines = [line for line in gateway_log.splitlines() if "fallback: ranking" in line]
     assert fallback_lines and f"trace={root.trace_id}" in fallback_lines[-1]

@@ -61,7 +61,8 @@ def test_split_gateway_refuses_pickle(split, tmp_path):
 def test_split_stage_refuses_pickle(split, tmp_path, stage, token):
     headers = {TOKEN_HEADER: stage_token()} if token == "valid" else {}
     with httpx.Client(base_url=split[stage].url, timeout=20) as http:
-        probe_port(http, [STAGE_CALLS[stage], "/similar_items"], tmp_path, stage, **headers)
+        paths = [STAGE_CALLS[stage], "/similar_items", "/retrieve_batch"]
+        probe_port(http, paths, tmp_path, stage, **headers)
 
 
 @pytest.mark.parametrize(
