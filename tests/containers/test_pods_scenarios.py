@@ -1,4 +1,5 @@
-"""The canary and Gateway API scenarios (helm/recsys/ci/*-values.yaml) run as containers: every
+"""The canary, Gateway API and separate-ranking scenarios (helm/recsys/ci/*-values.yaml) run as
+containers: every
 Deployment of the release, stable and canary tracks, from the built image tagged as the
 manifests reference it. The scenarios' placeholder model tags are pinned to the versions inside
 the image (the only values changed).
@@ -21,13 +22,16 @@ from pod_runner import KNOWN_USERS, Client
 pytestmark = [pytest.mark.containers]
 
 SCENARIO_MODELS = {
+    # Ranking inside the gateway: the gateway canary carries the ranking model.
     "canary": (
         "retrieval.modelTag",
         "retrieval.canary.modelTag",
         "ranking.modelTag",
-        "ranking.canary.modelTag",
+        "gateway.canary.rankingModelTag",
     ),
-    "gateway-api": ("ranking.canary.modelTag",),
+    "gateway-api": ("retrieval.canary.modelTag",),
+    # Ranking as its own Deployment, with a canary: the three-Deployment form.
+    "ranking-separate": ("ranking.modelTag", "ranking.canary.modelTag"),
 }
 
 
@@ -51,6 +55,9 @@ def test_scenario_pods_become_ready_and_serve(
 
         for pod, (code, log) in stack.run_test_pods().items():
             assert code == 0, f"{pod} failed ({code}):\n{log}"
+
+        separate = scenario == "ranking-separate"
+        assert any("ranking" in d for d in deployments) == separate, deployments
 
         rng = random.Random(5)
         for deployment in (d for d in deployments if "gateway" in d):
