@@ -307,8 +307,10 @@ def set_weight(
 
     runner = _helm(release, namespace, chart, helm, kube_context, timeout)
     values = _values(runner, values_from)
+    console = _console()
+    _note_workload(console, values, component)
     runner.execute(
-        plan_set_weight(runner.target, values, component, weight), dry_run, _echo(_console())
+        plan_set_weight(runner.target, values, component, weight), dry_run, _echo(console)
     )
 
 
@@ -329,7 +331,9 @@ def promote(
 
     runner = _helm(release, namespace, chart, helm, kube_context, timeout)
     values = _values(runner, values_from)
-    runner.execute(plan_promote(runner.target, values, component), dry_run, _echo(_console()))
+    console = _console()
+    _note_workload(console, values, component)
+    runner.execute(plan_promote(runner.target, values, component), dry_run, _echo(console))
 
 
 @rollout_app.command("rollback")
@@ -353,7 +357,10 @@ def rollback(
     runner = _helm(release, namespace, chart, helm, kube_context, timeout)
     values = ChartValues({}) if to_revision is not None else _values(runner, values_from)
     commands = plan_rollback(runner.target, values, component, to_revision=to_revision)
-    runner.execute(commands, dry_run, _echo(_console()))
+    console = _console()
+    if to_revision is None:
+        _note_workload(console, values, component)
+    runner.execute(commands, dry_run, _echo(console))
 
 
 def _analyze_once(
