@@ -12,6 +12,7 @@ import os
 import re
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.helm
 
@@ -216,6 +217,14 @@ def test_bentoml_start_contract(chart, scenario, helpers):
         # Only the remote stages: a stage left out runs inside the gateway's process.
         remote = {service_names[c] for c in helpers.components_of(scenario)} - {"Recommender"}
         assert set(depends) == remote
+        # The ranker is loaded where Ranking runs: the gateway's pods unless it is separate.
+        ranking_tag = ((yaml.safe_load(scenario.read_text()) or {}).get("ranking") or {}).get(
+            "modelTag"
+        )
+        if "Ranking" in remote or not ranking_tag:
+            assert "RECSYS_RANKING_MODEL_TAG" not in env
+        else:
+            assert env["RECSYS_RANKING_MODEL_TAG"].startswith("recsys-ranking:")
         for url in depends.values():
             host = re.match(r"http://([^.:/]+)", url).group(1)
             if obj["kind"] == "Deployment":
