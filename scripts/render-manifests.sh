@@ -76,8 +76,9 @@ monitoring_kinds="ServiceMonitor,PrometheusRule"
 "${helm}" template "${release}" "${chart}" --namespace "${namespace}" --skip-tests \
     --set stageAuth.existingSecret="${stage_token_secret}" \
     --set serviceMonitor.enabled=true --set prometheusRule.enabled=true |
-    write_manifest "${out_dir}/recsys.yaml" "# This example deploys the recsys stack on plain Kubernetes: gateway, retrieval and ranking
-# Deployments from one Bento image, with Services, ServiceAccounts, HPAs, PDBs, NetworkPolicies,
+    write_manifest "${out_dir}/recsys.yaml" "# This example deploys the recsys stack on plain Kubernetes: the gateway (running Ranking in its own
+# process) and retrieval Deployments from one Bento image (helm/recsys with ranking.separate=true adds a
+# ranking Deployment), with Services, ServiceAccounts, HPAs, PDBs, NetworkPolicies,
 # the headless -metrics Services a ServiceMonitor discovers, and the Grafana dashboard ConfigMap.
 # Prerequisites: Kubernetes >= 1.29 with metrics-server (for the HPAs); the namespace
 # (kubectl create namespace ${namespace}); the image recsys:0.1.0 (bentoml build + bentoml containerize)
@@ -101,9 +102,10 @@ ${generated}" keep "${monitoring_kinds}"
 "${helm}" template "${release}" "${chart}" --namespace "${namespace}" --skip-tests \
     --set stageAuth.existingSecret="${stage_token_secret}" \
     --set platform=kserve |
-    write_manifest "${out_dir}/recsys-kserve.yaml" "# This example deploys the recsys stack as three KServe InferenceServices (serving.kserve.io/v1beta1,
-# Serverless mode): each predictor is the Bento image as a custom container named kserve-container on
-# port 3000; the gateway reaches the others at their cluster-local predictor addresses.
+    write_manifest "${out_dir}/recsys-kserve.yaml" "# This example deploys the recsys stack as two KServe InferenceServices (serving.kserve.io/v1beta1,
+# Serverless mode), the gateway (running Ranking in its own process) and retrieval: each predictor is
+# the Bento image as a custom container named kserve-container on port 3000; the gateway reaches
+# retrieval at its cluster-local predictor address.
 # Canary: add spec.predictor.canaryTrafficPercent: <percent> together with the new image / model tag;
 # KServe sends the rest to the last rolled-out revision; canaryTrafficPercent: 0 rolls back
 # (serving.kserve.io/enable-tag-routing gives latest- and prev- URLs to test either revision).

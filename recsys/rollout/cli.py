@@ -124,6 +124,17 @@ def _echo(console):
     return echo
 
 
+def _note_workload(console, values, component: str) -> None:
+    """Say so when a ranking canary is carried by the gateway (Ranking runs inside it)."""
+    if values.workload(component) != component:
+        console.print(
+            "ranking runs inside the gateway (ranking.separate=false): its canary is a gateway "
+            "canary with another ranking model",
+            style="dim",
+            highlight=False,
+        )
+
+
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +233,11 @@ def start(
     image_tag: Annotated[str, typer.Option(help="Image tag of the canary")],
     weight: Annotated[int, typer.Option(help="Percent of traffic for the canary")] = 10,
     model_tag: Annotated[
-        str | None, typer.Option(help="Model tag of the canary (retrieval/ranking)")
+        str | None,
+        typer.Option(
+            help="Model tag of the canary: retrieval's, ranking's, or the gateway's in-process "
+            "ranker (ranking.separate=false)"
+        ),
     ] = None,
     image_repository: Annotated[
         str | None, typer.Option(help="Canary image repository (default: stable's)")
@@ -259,7 +274,9 @@ def start(
         fault_error_rate=fault_error_rate,
     )
     console = _console()
+    _note_workload(console, values, component)
     runner.execute(commands, dry_run, _echo(console))
+    component = values.workload(component)
     share = values.effective_share(component, weight)
     if not values.weight_is_exact(component):
         pods = values.canary_pods(component, weight)
@@ -290,8 +307,10 @@ def set_weight(
 
     runner = _helm(release, namespace, chart, helm, kube_context, timeout)
     values = _values(runner, values_from)
+    console = _console()
+    _note_workload(console, values, component)
     runner.execute(
-        plan_set_weight(runner.target, values, component, weight), dry_run, _echo(_console())
+        plan_set_weight(runner.target, values, component, weight), dry_run, _echo(console)
     )
 
 
@@ -312,7 +331,9 @@ def promote(
 
     runner = _helm(release, namespace, chart, helm, kube_context, timeout)
     values = _values(runner, values_from)
-    runner.execute(plan_promote(runner.target, values, component), dry_run, _echo(_console()))
+    console = _console()
+    _note_workload(console, values, component)
+    runner.execute(plan_promote(runner.target, values, component), dry_run, _echo(console))
 
 
 @rollout_app.command("rollback")
@@ -336,7 +357,10 @@ def rollback(
     runner = _helm(release, namespace, chart, helm, kube_context, timeout)
     values = ChartValues({}) if to_revision is not None else _values(runner, values_from)
     commands = plan_rollback(runner.target, values, component, to_revision=to_revision)
-    runner.execute(commands, dry_run, _echo(_console()))
+    console = _console()
+    if to_revision is None:
+        _note_workload(console, values, component)
+    runner.execute(commands, dry_run, _echo(console))
 
 
 def _analyze_once(
@@ -382,7 +406,11 @@ def analyze(
     ] = None,
     json_out: JsonOut = None,
 ) -> None:
-    """Canary vs stable from Prometheus against slo.yaml: exit 0 pass, 1 fail, 3 inconclusive."""
+    """Canary vs stable from Prometheus against slo.yaml: exit 0 pass, 1 fail, 3 inconclusive.
+
+    While Ranking runs inside the gateway (the chart's default) a ranking canary is a gateway
+    canary: analyse --component gateway.
+    """
     from recsys.rollout.analysis import parse_duration
 
     limits = _thresholds(
@@ -455,10 +483,13 @@ def run(
     runner = _helm(release, namespace, chart, helm, kube_context, timeout)
     values = _values(runner, values_from)
     console = _console()
-    if image_tag is None and not values.canary_enabled(component):
+    _note_workload(console, values, component)
+    # What is analysed: the pods that run the component (the gateway's for an in-process ranking).
+    analysed = values.workload(component)
+    if image_tag is None and not values.canary_enabled(analysed):
         from recsys.rollout.errors import NoCanaryError
 
-        raise NoCanaryError(f"no {component} canary is running: pass --image-tag to start one")
+        raise NoCanaryError(f"no {analysed} canary is running: pass --image-tag to start one")
     actions = HelmActions(
         runner,
         values,
@@ -472,7 +503,7 @@ def run(
     log.parent.mkdir(parents=True, exist_ok=True)
 
     def analyze_window(window_s: float):
-        report = _analyze_once(prometheus_url, component, window_s, selector, endpoint, limits)
+        report = _analyze_once(prometheus_url, analysed, window_s, selector, endpoint, limits)
         _print_report(console, report)
         return report
 

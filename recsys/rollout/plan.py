@@ -8,6 +8,10 @@ values they set. Helm stays the source of truth: every step is a `helm upgrade -
 Keys are those of helm/recsys/values.yaml (see docs/operations.md "Canary, promote, roll back"):
 `<component>.canary.enabled|image.repository|image.tag|modelTag|weight|faults.*`, and on
 promotion `<component>.image.repository|image.tag|modelTag`.
+
+By default Ranking runs inside the gateway (`ranking.separate: false`): a ranking canary is then
+a gateway canary whose ranking model is `gateway.canary.rankingModelTag`, promoted into
+`ranking.modelTag` (`ChartValues.workload` maps the component).
 """
 
 from __future__ import annotations
@@ -137,6 +141,22 @@ class ChartValues:
         check_component(name)
         return self.raw.get(name) or {}
 
+    @property
+    def ranking_in_gateway(self) -> bool:
+        """True when Ranking runs inside the gateway's process (ranking.separate is false)."""
+        return not (self.raw.get("ranking") or {}).get("separate")
+
+    def workload(self, name: str) -> str:
+        """The component whose pods run `name`: the gateway for ranking unless it is separate."""
+        check_component(name)
+        return "gateway" if name == "ranking" and self.ranking_in_gateway else name
+
+    def model_key(self, name: str) -> str | None:
+        """Key under `<workload>.canary` holding the canary's model tag, or None (no model)."""
+        if self.workload(name) != "gateway":
+            return "modelTag"
+        return "rankingModelTag" if self.ranking_in_gateway else None
+
     def canary(self, name: str) -> dict[str, Any]:
         return self.component(name).get("canary") or {}
 
@@ -185,7 +205,8 @@ class ChartValues:
     def canary_summary(self, name: str) -> str:
         canary = self.canary(name)
         image = (canary.get("image") or {}).get("tag") or "(stable image)"
-        model = canary.get("modelTag") or ""
+        key = self.model_key(name)
+        model = (canary.get(key) if key else "") or ""
         return (
             f"image {image}"
             + (f", model {model}" if model else "")
@@ -229,22 +250,33 @@ def plan_start(
     Every canary key is set explicitly, so nothing of an earlier canary survives
     `--reuse-values` (an old model tag, repository or injected fault).
 
+    A ranking canary while Ranking runs inside the gateway is a gateway canary carrying
+    `model_tag` as its ranking model (`gateway.canary.rankingModelTag`).
+
     Raises:
-        CanaryAlreadyRunningError: the component already has a canary.
-        RolloutError: invalid weight, tag, or a model tag for the gateway (it has no model).
+        CanaryAlreadyRunningError: the component (or the gateway it runs in) has a canary.
+        RolloutError: invalid weight or tag, or a model tag for a gateway that runs no model.
     """
-    check_component(component)
+    asked = component
+    component = values.workload(asked)
+    model_key = values.model_key(asked)
     if values.canary_enabled(component):
+        inside = (
+            "ranking runs inside the gateway (ranking.separate=false), whose canary "
+            if asked != component
+            else f"a {component} canary "
+        )
         raise CanaryAlreadyRunningError(
-            f"a {component} canary is already running ({values.canary_summary(component)}): "
+            f"{inside}is already running ({values.canary_summary(component)}): "
             f"promote or roll it back first (recsys rollout promote|rollback --component "
             f"{component})"
         )
     _check_weight(values, component, weight)
     _check_tag("--image-tag", image_tag)
-    if component == "gateway" and model_tag:
+    if model_key is None and model_tag:
         raise RolloutError(
-            "the gateway has no model: drop --model-tag (it is for retrieval and ranking)"
+            "the gateway runs no model with ranking.separate=true: drop --model-tag, or give "
+            "it to --component ranking"
         )
     if model_tag:
         _check_tag("--model-tag", model_tag)
@@ -258,14 +290,16 @@ def plan_start(
         Setting(f"{prefix}.image.repository", image_repository or ""),
         Setting(f"{prefix}.image.tag", image_tag),
     ]
-    if component != "gateway":
-        settings.append(Setting(f"{prefix}.modelTag", model_tag or ""))
+    if model_key is not None:
+        settings.append(Setting(f"{prefix}.{model_key}", model_tag or ""))
     settings += [
         Setting(f"{prefix}.weight", weight),
         Setting(f"{prefix}.faults.latencyMs", int(fault_latency_ms)),
         Setting(f"{prefix}.faults.errorRate", float(fault_error_rate)),
     ]
     what = f"start {component} canary {image_tag}" + (f" model {model_tag}" if model_tag else "")
+    if asked != component:
+        what = f"start ranking canary (in the gateway): {what[6:]}"
     return [upgrade(target, settings, f"{what} at {weight}%")]
 
 
@@ -273,7 +307,7 @@ def plan_set_weight(
     target: HelmTarget, values: ChartValues, component: str, weight: int
 ) -> list[HelmCommand]:
     """Move a running canary to `weight` percent."""
-    check_component(component)
+    component = values.workload(component)
     if not values.canary_enabled(component):
         raise NoCanaryError(f"no {component} canary is running: start one first")
     _check_weight(values, component, weight)
@@ -282,8 +316,12 @@ def plan_set_weight(
 
 
 def plan_promote(target: HelmTarget, values: ChartValues, component: str) -> list[HelmCommand]:
-    """Stable takes the canary's image (and model), then the canary is switched off."""
-    check_component(component)
+    """Stable takes the canary's image (and model), then the canary is switched off.
+
+    A gateway canary's ranking model (Ranking inside the gateway) becomes `ranking.modelTag`.
+    """
+    model_key = values.model_key(component)
+    component = values.workload(component)
     if not values.canary_enabled(component):
         raise NoCanaryError(f"no {component} canary is running: nothing to promote")
     canary = values.canary(component)
@@ -293,8 +331,10 @@ def plan_promote(target: HelmTarget, values: ChartValues, component: str) -> lis
         settings.append(Setting(f"{component}.image.repository", str(image["repository"])))
     if image.get("tag"):
         settings.append(Setting(f"{component}.image.tag", str(image["tag"])))
-    if component != "gateway" and canary.get("modelTag"):
-        settings.append(Setting(f"{component}.modelTag", str(canary["modelTag"])))
+    if model_key is not None and canary.get(model_key):
+        owner = "ranking" if model_key == "rankingModelTag" else component
+        stable_key = f"{owner}.modelTag"
+        settings.append(Setting(stable_key, str(canary[model_key])))
     settings.append(Setting(f"{component}.canary.enabled", False))
     summary = f"promote {component} canary ({values.canary_summary(component)})"
     return [upgrade(target, settings, summary)]
@@ -309,7 +349,7 @@ def plan_rollback(
     pins 100% to the last rolled-out revision at once), then `canary.enabled=false` (puts the
     stable spec back as a new revision). With `to_revision`: `helm rollback` to that revision.
     """
-    check_component(component)
+    component = values.workload(component)
     if to_revision is not None:
         if to_revision < 1:
             raise RolloutError(f"--to-revision must be a Helm revision (>= 1), got {to_revision}")

@@ -267,6 +267,10 @@ def chart_render(helm_bin):
 
 
 def model_sets(image: BuiltImage, *keys: str) -> list[str]:
-    """--set pairs pinning model tags (values keys like retrieval.canary.modelTag) to the
-    versions inside the image, in place of the scenario files' placeholders."""
-    return [f"{key}={image.model_tags[key.split('.')[0]]}" for key in keys]
+    """--set pairs pinning model tags (values keys like retrieval.canary.modelTag, or
+    gateway.canary.rankingModelTag for the ranker inside the gateway) to the versions inside the
+    image, in place of the scenario files' placeholders."""
+    stage = {"gateway": "ranking"}
+    return [
+        f"{key}={image.model_tags[stage.get(key.split('.')[0], key.split('.')[0])]}" for key in keys
+    ]

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.containers]
 URL = re.compile(r"https?://([^/:\s]+)")
 
 
-@pytest.mark.parametrize("scenario", ["default", "canary", "gateway-api"])
+@pytest.mark.parametrize("scenario", ["default", "canary", "gateway-api", "ranking-separate"])
 def test_every_url_is_loopback_and_the_hardening_is_planned(chart_render, scenario):
     objects = chart_render([SCENARIOS / f"{scenario}-values.yaml"])
     plan = PodPlan.from_manifests(objects)
@@ -39,10 +39,14 @@ def test_every_url_is_loopback_and_the_hardening_is_planned(chart_render, scenar
         assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container.probes)
     gateway = plan.containers["recsys-gateway"]
     depends = dict(item.split("=", 1) for item in gateway.env["BENTOML_SERVE_DEPENDS"].split())
+    # Remote stages only: without a ranking Deployment, Ranking runs inside the gateway.
+    remote = {"Retrieval": "recsys-retrieval", "Ranking": "recsys-ranking"}
     assert depends == {
-        "Retrieval": plan.containers["recsys-retrieval"].url,
-        "Ranking": plan.containers["recsys-ranking"].url,
+        stage: plan.containers[name].url
+        for stage, name in remote.items()
+        if name in plan.containers
     }
+    assert ("recsys-ranking" in plan.containers) == (scenario == "ranking-separate")
     tokens = {c.env.get("RECSYS_STAGE_TOKEN") for c in plan.containers.values()}
     assert len(tokens) == 1 and None not in tokens, "all pods share one stage token"
 

@@ -1,11 +1,13 @@
-"""The chart's default install, run as the kubelet would: gateway, retrieval and ranking
-containers from the rendered Deployments (read-only root, tmpfs /tmp, uid 1034, no
-capabilities, CPU/memory limits), on loopback ports.
+"""The chart's default install, run as the kubelet would: its two Deployments, the gateway
+(Ranking inside its process) and retrieval, as containers from the rendered pod specs
+(read-only root, tmpfs /tmp, uid 1034, no capabilities, CPU/memory limits), on loopback ports.
 
-Checked: the spec's startup/readiness/liveness probes pass within their budgets; the `helm
+Checked: exactly those two pods, the gateway reaching only retrieval over HTTP; the spec's
+startup/readiness/liveness probes pass within their budgets; the `helm
 test` pod succeeds against the gateway container; /recommend latency through the containers;
 the Locust CI gate passes while the probes keep passing; retrieval killed under load costs no
-client error and recovers after a restart; a retrieval pod given a model tag that is not in the
+client error, keeps the gateway ready, and recovers after a restart; a retrieval pod given a
+model tag that is not in the
 image never becomes ready and says why.
 """
 
@@ -31,13 +33,13 @@ from tests.slo_verdict import judge_latency_only_breach
 
 pytestmark = [pytest.mark.containers]
 
-GATEWAY, RETRIEVAL, RANKING = "recsys-gateway", "recsys-retrieval", "recsys-ranking"
+GATEWAY, RETRIEVAL = "recsys-gateway", "recsys-retrieval"
 MISSING_TAG = "recsys-retrieval:doesnotexist"
 
 
 @pytest.fixture(scope="module")
 def default_stack(chart_render, docker_bin, built_image, figures):
-    """The default install (scenario default-values.yaml) with the built image, all three
+    """The default install (scenario default-values.yaml) with the built image, both
     Deployments started at once; plus, alongside, a retrieval pod whose model tag is missing."""
     objects = chart_render([SCENARIOS / "default-values.yaml"])
     missing = chart_render(
@@ -58,9 +60,27 @@ def default_stack(chart_render, docker_bin, built_image, figures):
         yield stack, broken
 
 
+def test_two_pods_with_ranking_inside_the_gateway(default_stack):
+    """The default topology: no ranking pod; the gateway names only retrieval as remote, so
+    BentoML runs Ranking in the gateway's own process (no extra process per stage)."""
+    stack, _ = default_stack
+    assert set(stack.names) == {GATEWAY, RETRIEVAL}
+    gateway = stack.container(GATEWAY)
+    assert gateway.env["BENTOML_SERVE_SERVICE_NAME"] == "Recommender"
+    depends = dict(item.split("=", 1) for item in gateway.env["BENTOML_SERVE_DEPENDS"].split())
+    assert depends == {"Retrieval": stack.container(RETRIEVAL).url}
+    client = Client(gateway.host_port)
+    try:
+        status, answer = client.recommend(KNOWN_USERS[0])
+    finally:
+        client.close()
+    assert status == 200 and not answer["degraded"], answer
+    assert set(answer["model_versions"]) >= {"retrieval", "ranking"}, answer
+
+
 def test_probes_pass_within_the_spec_budgets(default_stack):
     stack, _ = default_stack
-    for deployment in (GATEWAY, RETRIEVAL, RANKING):
+    for deployment in (GATEWAY, RETRIEVAL):
         container = stack.container(deployment)
         assert stack.readiness[deployment].ready
         assert set(container.probes) == {"startupProbe", "readinessProbe", "livenessProbe"}
@@ -236,7 +256,7 @@ def test_locust_ci_gate_passes_against_the_gateway_container(default_stack, figu
     out = REPORT_DIR / "loadtest"
     out_args = ["--out", str(out)]
     command = [sys.executable, "-m", "loadtests.run", "--host", stack.container(GATEWAY).url]
-    with ProbeWatch(stack, [GATEWAY, RETRIEVAL, RANKING]) as watch, CPUAccount(stack) as cpu:
+    with ProbeWatch(stack, [GATEWAY, RETRIEVAL]) as watch, CPUAccount(stack) as cpu:
         done = subprocess.run(
             [*command, *out_args],
             cwd=REPO_ROOT,
@@ -308,7 +328,10 @@ def test_retrieval_killed_under_load_costs_no_client_error(default_stack, figure
         time.sleep(3)
         stack.docker.run("kill", retrieval)
         killed_at = time.monotonic()
-        time.sleep(5)
+        time.sleep(3)
+        # A remote stage being down leaves the gateway ready: its fallbacks answer.
+        gateway_ready = stack.container(GATEWAY).probes["readinessProbe"].check()
+        time.sleep(2)
         stack.docker.run("start", retrieval)  # the kubelet restarts the container in its pod
         stack.started_at[RETRIEVAL] = time.monotonic()
         readiness = stack.wait_ready(RETRIEVAL)
@@ -327,6 +350,7 @@ def test_retrieval_killed_under_load_costs_no_client_error(default_stack, figure
         for thread in threads:
             thread.join()
     assert not errors, f"{len(errors)} client errors, e.g. {errors[:5]}"
+    assert gateway_ready[0], f"gateway unready while retrieval was down: {gateway_ready[1]}"
     during = [r for r in results if killed_at + 1 < r[0] < killed_at + 5]
     assert during and all(r[2] for r in during), "fallback not seen while retrieval was down"
     late = [r[2] for r in results if r[0] > ready_at and r[2]][-3:]

@@ -1,4 +1,5 @@
-"""The canary and Gateway API scenarios (helm/recsys/ci/*-values.yaml) run as containers: every
+"""The canary, Gateway API and separate-ranking scenarios (helm/recsys/ci/*-values.yaml) run as
+containers: every
 Deployment of the release, stable and canary tracks, from the built image tagged as the
 manifests reference it. The scenarios' placeholder model tags are pinned to the versions inside
 the image (the only values changed).
@@ -6,7 +7,7 @@ the image (the only values changed).
 Checked: every container's startup and readiness probes pass within the spec's budget; the
 `helm test` pod passes against the stable gateway; each gateway track answers /recommend with
 both model versions (the canary scenario's gateway canary injects 2% errors and 50 ms: its
-errors must stay near that share).
+errors and degraded answers must stay near that share; none elsewhere).
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from pod_runner import KNOWN_USERS, Client
 pytestmark = [pytest.mark.containers]
 
 SCENARIO_MODELS = {
+    # Ranking inside the gateway: the gateway canary carries the ranking model.
     "canary": (
         "retrieval.modelTag",
         "retrieval.canary.modelTag",
         "ranking.modelTag",
-        "ranking.canary.modelTag",
+        "gateway.canary.rankingModelTag",
     ),
-    "gateway-api": ("ranking.canary.modelTag",),
+    "gateway-api": ("retrieval.canary.modelTag",),
+    # Ranking as its own Deployment, with a canary: the three-Deployment form.
+    "ranking-separate": ("ranking.modelTag", "ranking.canary.modelTag"),
 }
 
 
@@ -52,6 +56,9 @@ def test_scenario_pods_become_ready_and_serve(
         for pod, (code, log) in stack.run_test_pods().items():
             assert code == 0, f"{pod} failed ({code}):\n{log}"
 
+        separate = scenario == "ranking-separate"
+        assert any("ranking" in d for d in deployments) == separate, deployments
+
         rng = random.Random(5)
         for deployment in (d for d in deployments if "gateway" in d):
             container = stack.container(deployment)
@@ -63,8 +70,13 @@ def test_scenario_pods_become_ready_and_serve(
                     if status != 200:
                         failures.append((status, answer))
                         continue
-                    answers += 1
                     assert answer["track"] == container.env["RECSYS_TRACK"]
+                    if answer["degraded"]:
+                        # A fault injected into a stage that runs in this process (Ranking inside
+                        # the gateway) is answered by the fallback: counted with the errors.
+                        failures.append((status, answer.get("degraded_reasons")))
+                        continue
+                    answers += 1
                     assert set(answer["model_versions"]) >= {"retrieval", "ranking"}, answer
                     time.sleep(0.01)
             finally:

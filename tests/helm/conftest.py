@@ -29,6 +29,8 @@ CRD_SCHEMA_DIR = Path(__file__).resolve().parent / "crd_schemas"
 RELEASE = "recsys"
 NAMESPACE = "recsys"
 COMPONENTS = ("gateway", "retrieval", "ranking")
+# Deployed by default: Ranking runs inside the gateway's process unless ranking.separate=true.
+DEFAULT_COMPONENTS = ("gateway", "retrieval")
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas shipped.
 KUBE_VERSIONS = ("1.29.0", "1.35.0")
 
@@ -306,6 +308,13 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def components_of(scenario: Path | None = None) -> tuple[str, ...]:
+    """Components a values file deploys: ranking only when it sets ranking.separate=true."""
+    values = yaml.safe_load(scenario.read_text()) if scenario else None
+    separate = ((values or {}).get("ranking") or {}).get("separate", False)
+    return COMPONENTS if separate else DEFAULT_COMPONENTS
+
+
 @pytest.fixture(scope="session")
 def helpers():
     """Small helpers for test modules (see objects_of, pod_spec)."""
@@ -313,6 +322,7 @@ def helpers():
     class Helpers:
         objects_of = staticmethod(objects_of)
         pod_spec = staticmethod(pod_spec)
+        components_of = staticmethod(components_of)
         repo_root = REPO_ROOT
         chart_dir = CHART_DIR
         scenario_files = SCENARIO_FILES

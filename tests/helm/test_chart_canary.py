@@ -60,6 +60,7 @@ def test_replica_ratio_arithmetic(chart, helpers, stable, weight, expected):
 
 def test_replica_ratio_uses_hpa_minimum_with_autoscaling(chart, helpers):
     sets = (
+        "ranking.separate=true",
         "ranking.autoscaling.enabled=true",
         "ranking.autoscaling.minReplicas=9",
         "ranking.autoscaling.maxReplicas=20",
@@ -139,14 +140,20 @@ def test_gateway_api_route_weights_are_exact(chart, helpers, stable, weight, exp
 def test_mesh_routes_split_internal_components(chart, helpers):
     objects = chart.render((helpers.chart_dir / "ci" / "gateway-api-values.yaml",))
     routes = {r["metadata"]["name"]: r for r in helpers.objects_of(objects, "HTTPRoute")}
-    ranking = routes["recsys-ranking"]
-    assert ranking["spec"]["parentRefs"] == [
-        {"group": "", "kind": "Service", "name": "recsys-ranking", "port": 3000}
+    assert set(routes) == {"recsys-gateway", "recsys-retrieval"}, "no ranking: it is in the gateway"
+    retrieval = routes["recsys-retrieval"]
+    assert retrieval["spec"]["parentRefs"] == [
+        {"group": "", "kind": "Service", "name": "recsys-retrieval", "port": 3000}
     ]
-    weights = {ref["name"]: ref["weight"] for ref in ranking["spec"]["rules"][0]["backendRefs"]}
-    assert weights == {"recsys-ranking-stable": 70, "recsys-ranking-canary": 30}
+    weights = {ref["name"]: ref["weight"] for ref in retrieval["spec"]["rules"][0]["backendRefs"]}
+    assert weights == {"recsys-retrieval-stable": 70, "recsys-retrieval-canary": 30}
+    # A separate ranking gets its own mesh route, undivided without a canary.
+    separate = chart.render(
+        (helpers.chart_dir / "ci" / "gateway-api-values.yaml",), ("ranking.separate=true",)
+    )
+    routes = {r["metadata"]["name"]: r for r in helpers.objects_of(separate, "HTTPRoute")}
     assert {
-        ref["weight"] for ref in routes["recsys-retrieval"]["spec"]["rules"][0]["backendRefs"]
+        ref["weight"] for ref in routes["recsys-ranking"]["spec"]["rules"][0]["backendRefs"]
     } == {100}
 
 
@@ -154,6 +161,7 @@ def test_mesh_routes_split_internal_components(chart, helpers):
 def test_kserve_canary_traffic_percent(chart, helpers, weight):
     sets = (
         "platform=kserve",
+        "ranking.separate=true",
         "retrieval.canary.modelTag=recsys-retrieval:new",
         *canary_on("retrieval", weight),
     )
@@ -238,3 +246,57 @@ def test_operations_doc_lists_the_rollout_keys(helpers):
         "--reuse-values",
     ):
         assert key in doc, key
+
+
+# A ranking-model canary while Ranking runs inside the gateway: a gateway canary with another
+# ranking model, promoted into ranking.modelTag.
+GATEWAY_START = (
+    "gateway.canary.enabled=true,gateway.canary.image.tag=1.0.0,"
+    "gateway.canary.rankingModelTag=recsys-ranking:r2,gateway.canary.weight=25"
+)
+GATEWAY_PROMOTE = (
+    "gateway.image.tag=1.0.0,ranking.modelTag=recsys-ranking:r2,gateway.canary.enabled=false"
+)
+
+
+def gateway_ranking_models(helpers, objects) -> dict[str, str]:
+    deployments = deployments_by_name(helpers, objects)
+    return {
+        name: env_of(d["spec"]["template"]["spec"]["containers"][0]).get("RECSYS_RANKING_MODEL_TAG")
+        for name, d in deployments.items()
+        if name.startswith("recsys-gateway")
+    }
+
+
+def test_ranking_model_canary_is_a_gateway_canary(chart, helpers):
+    base = ("image.tag=1.0.0", "ranking.modelTag=recsys-ranking:r1")
+    started = chart.render((), (*base, GATEWAY_START))
+    assert gateway_ranking_models(helpers, started) == {
+        "recsys-gateway": "recsys-ranking:r1",
+        "recsys-gateway-canary": "recsys-ranking:r2",
+    }
+    canary = deployments_by_name(helpers, started)["recsys-gateway-canary"]["spec"]["template"]
+    assert canary["metadata"]["annotations"]["recsys.io/model-tag"] == "recsys-ranking:r2"
+    assert not [d for d in deployments_by_name(helpers, started) if "ranking" in d]
+    promoted = chart.render((), (*base, GATEWAY_START, GATEWAY_PROMOTE))
+    assert gateway_ranking_models(helpers, promoted) == {"recsys-gateway": "recsys-ranking:r2"}
+    # Without a ranking canary tag the gateway canary keeps stable's ranker.
+    plain = chart.render((), (*base, *canary_on("gateway", 10)))
+    assert gateway_ranking_models(helpers, plain)["recsys-gateway-canary"] == "recsys-ranking:r1"
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            canary_on("ranking", 10),
+            "ranking.canary.enabled needs ranking.separate=true",
+        ),
+        (
+            ("ranking.separate=true", "gateway.canary.rankingModelTag=recsys-ranking:r2"),
+            "gateway.canary.rankingModelTag applies only when Ranking runs inside the gateway",
+        ),
+    ],
+)
+def test_contradictory_ranking_values_are_refused(chart, sets, message):
+    assert message in " ".join(chart.render_error((), sets).split())

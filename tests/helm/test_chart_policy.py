@@ -12,6 +12,7 @@ import os
 import re
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.helm
 
@@ -145,8 +146,9 @@ def test_network_policies_isolate_retrieval_and_ranking(chart, scenario, helpers
         assert not helpers.objects_of(objects, "NetworkPolicy")
         return
     policies = {component_of(p): p for p in helpers.objects_of(objects, "NetworkPolicy")}
-    assert set(policies) == set(helpers.components)
-    for component in ("retrieval", "ranking"):
+    deployed = helpers.components_of(scenario)
+    assert set(policies) == set(deployed)
+    for component in (c for c in deployed if c != "gateway"):
         rules = policies[component]["spec"]["ingress"]
         assert policies[component]["spec"]["policyTypes"] == ["Ingress"]
         for rule in rules:
@@ -212,7 +214,17 @@ def test_bentoml_start_contract(chart, scenario, helpers):
             assert "BENTOML_SERVE_DEPENDS" not in env
             continue
         depends = dict(item.split("=", 1) for item in env["BENTOML_SERVE_DEPENDS"].split())
-        assert set(depends) == {"Retrieval", "Ranking"}
+        # Only the remote stages: a stage left out runs inside the gateway's process.
+        remote = {service_names[c] for c in helpers.components_of(scenario)} - {"Recommender"}
+        assert set(depends) == remote
+        # The ranker is loaded where Ranking runs: the gateway's pods unless it is separate.
+        ranking_tag = ((yaml.safe_load(scenario.read_text()) or {}).get("ranking") or {}).get(
+            "modelTag"
+        )
+        if "Ranking" in remote or not ranking_tag:
+            assert "RECSYS_RANKING_MODEL_TAG" not in env
+        else:
+            assert env["RECSYS_RANKING_MODEL_TAG"].startswith("recsys-ranking:")
         for url in depends.values():
             host = re.match(r"http://([^.:/]+)", url).group(1)
             if obj["kind"] == "Deployment":

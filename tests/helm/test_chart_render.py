@@ -86,27 +86,38 @@ def test_crd_field_sets_reject_unknown_fields(chart, helpers, crd_validators):
 @pytest.mark.parametrize(
     ("scenario_name", "expected"),
     [
+        # Two Deployments by default: the gateway (with Ranking in process) and retrieval.
         (
             "default",
-            {"Deployment": 3, "Service": 3, "HorizontalPodAutoscaler": 3, "PodDisruptionBudget": 3},
+            {"Deployment": 2, "Service": 2, "HorizontalPodAutoscaler": 2, "PodDisruptionBudget": 2},
         ),
-        ("canary", {"Deployment": 6, "Service": 6, "ServiceMonitor": 1, "PrometheusRule": 1}),
+        ("canary", {"Deployment": 4, "Service": 4, "ServiceMonitor": 1, "PrometheusRule": 1}),
         (
             "kserve",
             {
-                "InferenceService": 3,
+                "InferenceService": 2,
                 "Deployment": 0,
                 "Service": 0,
                 "NetworkPolicy": 0,
                 "PrometheusRule": 1,
             },
         ),
-        ("gateway-api", {"HTTPRoute": 3, "Deployment": 5}),
+        ("gateway-api", {"HTTPRoute": 2, "Deployment": 4}),
         (
             "autoscaling-off",
-            {"HorizontalPodAutoscaler": 0, "PodDisruptionBudget": 2, "Deployment": 4},
+            {"HorizontalPodAutoscaler": 0, "PodDisruptionBudget": 2, "Deployment": 3},
         ),
         ("ingress", {"Ingress": 1, "Job": 1}),
+        (
+            "ranking-separate",
+            {
+                "Deployment": 4,
+                "Service": 3,
+                "HorizontalPodAutoscaler": 3,
+                "PodDisruptionBudget": 3,
+                "NetworkPolicy": 3,
+            },
+        ),
     ],
 )
 def test_scenarios_render_the_expected_objects(chart, helpers, scenario_name, expected):
@@ -124,6 +135,7 @@ def test_every_scenario_has_a_ci_file(helpers):
         "gateway-api-values.yaml",
         "autoscaling-off-values.yaml",
         "ingress-values.yaml",
+        "ranking-separate-values.yaml",
     }
 
 

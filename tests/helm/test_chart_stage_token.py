@@ -1,6 +1,7 @@
 """The stage token in the chart: a Secret (made by the chart or named by the user) whose token
-every recsys container gets as RECSYS_STAGE_TOKEN through a secretKeyRef, in every scenario and
-both platforms; the raw manifests reference a user-made Secret and carry no token."""
+every recsys container gets as RECSYS_STAGE_TOKEN through a secretKeyRef (the gateway sends it;
+retrieval, and ranking when separate, require it), in every scenario and both platforms; the
+raw manifests reference a user-made Secret and carry no token."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def test_every_component_gets_the_token_from_the_secret(chart, scenario, helpers
         values = {item["name"]: item.get("value") for item in container.get("env", [])}
         assert values.get("RECSYS_STAGE_TOKEN") is None  # never a literal value in the pod spec
         seen.add(obj["metadata"]["labels"]["app.kubernetes.io/component"])
-    assert seen == set(helpers.components)
+    assert seen == set(helpers.components_of(scenario))
 
 
 def test_chart_makes_a_random_token_secret_kept_on_uninstall(chart, helpers):

@@ -116,7 +116,24 @@ BAD_VALUES = [
     (["--set", "ranking.workers=0"], "at '/ranking/workers'"),
     (["--set", "gateway.resources.limits=null"], "at '/gateway/resources'"),
     (["--set", "kserve.deploymentMode=ModelMesh"], "at '/kserve/deploymentMode'"),
+    (
+        ["--set-string", "ranking.separate=yes"],
+        "at '/ranking/separate': got string, want boolean",
+    ),
+    (["--set", "retrieval.separate=true"], "additional properties 'separate' not allowed"),
+    (
+        ["--set", "gateway.canary.rankingModelTag=not a tag"],
+        "at '/gateway/canary/rankingModelTag'",
+    ),
     # Cross-field rules of templates/validate.yaml.
+    (
+        ["--set", "ranking.canary.enabled=true"],
+        "ranking.canary.enabled needs ranking.separate=true",
+    ),
+    (
+        ["--set", "ranking.separate=true,gateway.canary.rankingModelTag=recsys-ranking:v2"],
+        "gateway.canary.rankingModelTag applies only when Ranking runs inside the gateway",
+    ),
     (
         ["--set", "retrieval.canary.enabled=true,retrieval.canary.weight=100"],
         "retrieval.canary.weight=100 cannot be approximated by replicas",

@@ -54,6 +54,7 @@ def values_file(tmp_path: Path):
 
 
 def test_dry_run_prints_the_exact_command(values_file):
+    separate = {"ranking": {**BASE_VALUES["ranking"], "separate": True}}
     done = run_cli(
         "start",
         "--component",
@@ -66,7 +67,7 @@ def test_dry_run_prints_the_exact_command(values_file):
         "25",
         "--dry-run",
         "--values-from",
-        str(values_file()),
+        str(values_file(separate)),
         "--helm",
         "helm",
         "--chart",
@@ -85,6 +86,26 @@ def test_dry_run_prints_the_exact_command(values_file):
         "recsys-ranking:ccc at 25%'"
     )
     assert "1 canary pod(s) beside 2 stable: about 33% of requests" in done.stdout
+
+
+def test_ranking_canary_dry_run_targets_the_gateway_by_default(values_file):
+    args = ["--dry-run", "--values-from", str(values_file()), "--helm", "helm"]
+    done = run_cli(
+        "start", "-c", "ranking", "--image-tag", "1.1.0", "--model-tag", "recsys-ranking:ccc", *args
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ranking runs inside the gateway" in done.stdout
+    [command] = [line for line in done.stdout.splitlines() if line.startswith("dry-run:")]
+    assert "--set-string gateway.canary.rankingModelTag=recsys-ranking:ccc" in command
+    assert "ranking.canary" not in command
+    assert "gateway: 1 canary pod(s) beside 2 stable" in done.stdout
+    # A gateway model tag with ranking in its own Deployment is refused in one line.
+    separate = values_file({"ranking": {"modelTag": "recsys-ranking:bbb", "separate": True}})
+    refused = run_cli(
+        "start", "-c", "gateway", "--image-tag", "1.1.0", "--model-tag", "recsys-ranking:ccc",
+        "--dry-run", "--values-from", str(separate), "--helm", "helm",
+    )  # fmt: skip
+    assert_one_line_error(refused, "the gateway runs no model with ranking.separate=true")
 
 
 def test_kserve_rollback_dry_run_has_two_steps(values_file):

@@ -44,6 +44,8 @@ BASE = {
     "retrieval": {"modelTag": "recsys-retrieval:aaa111"},
     "ranking": {"modelTag": "recsys-ranking:bbb222"},
 }
+# Ranking as a Deployment of its own; by default (BASE) it runs inside the gateway.
+SEPARATE = {**BASE, "ranking": {**BASE["ranking"], "separate": True}}
 KSERVE = {**BASE, "platform": "kserve"}
 GATEWAY_API = {
     **BASE,
@@ -70,7 +72,7 @@ class RecordingRunner:
 
 
 def test_start_sets_every_canary_key_explicitly():
-    values = chart_values(BASE)
+    values = chart_values(SEPARATE)
     [command] = plan_start(TARGET, values, "ranking", "1.10", 25, model_tag="recsys-ranking:ccc")
     assert argv_without_description(command.argv) == [
         *UPGRADE,
@@ -98,17 +100,52 @@ def test_start_sets_every_canary_key_explicitly():
     assert "ranking.canary.image.tag=1.10" in command.shell()
 
 
-def test_gateway_canary_has_no_model_tag():
-    [command] = plan_start(TARGET, chart_values(BASE), "gateway", "1.1.0", 5)
-    assert not any("modelTag" in part for part in command.argv)
-    with pytest.raises(RolloutError, match="no model"):
-        plan_start(TARGET, chart_values(BASE), "gateway", "1.1.0", 5, model_tag="x:1")
+def test_gateway_canary_has_no_model_tag_when_ranking_is_separate():
+    [command] = plan_start(TARGET, chart_values(SEPARATE), "gateway", "1.1.0", 5)
+    assert not any("odelTag" in part for part in command.argv)
+    with pytest.raises(RolloutError, match=r"runs no model with ranking\.separate=true"):
+        plan_start(TARGET, chart_values(SEPARATE), "gateway", "1.1.0", 5, model_tag="x:1")
+
+
+def test_ranking_canary_in_the_default_topology_is_a_gateway_canary():
+    values = chart_values(BASE)
+    [start] = plan_start(TARGET, values, "ranking", "1.1.0", 25, model_tag="recsys-ranking:ccc")
+    assert start.values() == {
+        "gateway.canary.enabled": True,
+        "gateway.canary.image.repository": "",
+        "gateway.canary.image.tag": "1.1.0",
+        "gateway.canary.rankingModelTag": "recsys-ranking:ccc",
+        "gateway.canary.weight": 25,
+        "gateway.canary.faults.latencyMs": 0,
+        "gateway.canary.faults.errorRate": 0.0,
+    }
+    assert "start ranking canary (in the gateway)" in start.summary
+    # A gateway canary started with a model tag is the same thing.
+    [same] = plan_start(TARGET, values, "gateway", "1.1.0", 25, model_tag="recsys-ranking:ccc")
+    assert same.values() == start.values()
+
+    started = chart_values(apply_settings(BASE, [start]))
+    [weight] = plan_set_weight(TARGET, started, "ranking", 50)
+    assert weight.values() == {"gateway.canary.weight": 50}
+    [promote] = plan_promote(TARGET, started, "ranking")
+    assert promote.values() == {
+        "gateway.image.tag": "1.1.0",
+        "ranking.modelTag": "recsys-ranking:ccc",
+        "gateway.canary.enabled": False,
+    }
+    [rollback] = plan_rollback(TARGET, started, "ranking")
+    assert rollback.values() == {"gateway.canary.enabled": False}
+    with pytest.raises(CanaryAlreadyRunningError, match="ranking runs inside the gateway"):
+        plan_start(TARGET, started, "ranking", "1.2.0", 10, model_tag="recsys-ranking:ddd")
+    with pytest.raises(CanaryAlreadyRunningError, match="model recsys-ranking:ccc"):
+        plan_start(TARGET, started, "gateway", "1.2.0", 10)
 
 
 def test_weight_promote_and_rollback_lines():
     values = chart_values(
         apply_settings(
-            BASE, plan_start(TARGET, chart_values(BASE), "ranking", "1.1.0", 5, model_tag="r:ccc")
+            SEPARATE,
+            plan_start(TARGET, chart_values(SEPARATE), "ranking", "1.1.0", 5, model_tag="r:ccc"),
         )
     )
     [weight] = plan_set_weight(TARGET, values, "ranking", 50)
@@ -231,7 +268,7 @@ def test_actions_run_planned_commands_and_dry_run_runs_none():
     echoed = []
     actions = HelmActions(
         helm,
-        chart_values(BASE),
+        chart_values(SEPARATE),
         "ranking",
         image_tag="1.1.0",
         model_tag="r:ccc",
@@ -250,7 +287,9 @@ def test_actions_run_planned_commands_and_dry_run_runs_none():
     lines = dry_actions.start(5) + dry_actions.rollback()
     assert dry.calls == []
     assert lines[0].startswith("helm upgrade recsys helm/recsys --namespace recsys")
-    assert "ranking.canary.enabled=false" in lines[1]
+    # Ranking inside the gateway (BASE): the canary is the gateway's.
+    assert "gateway.canary.enabled=true" in lines[0]
+    assert "gateway.canary.enabled=false" in lines[1]
 
 
 def test_get_values_reads_json(tmp_path):
@@ -311,11 +350,44 @@ def env_of(deployment: dict) -> dict[str, str]:
 
 
 @pytest.mark.helm
-def test_kubernetes_start_promote_and_rollback_render(helm_path, tmp_path):
+def test_ranking_canary_in_the_gateway_renders_start_promote_and_rollback(helm_path, tmp_path):
     values = chart_values(BASE, CHART)
     start = plan_start(TARGET, values, "ranking", "1.1.0", 25, model_tag="recsys-ranking:ccc")
     started = chart_values(apply_settings(values.raw, start))
     objects = render(helm_path, tmp_path, BASE, [start])
+    assert find(objects, "Deployment", "recsys-ranking") is None
+    assert find(objects, "Deployment", "recsys-ranking-canary") is None
+    canary = find(objects, "Deployment", "recsys-gateway-canary")
+    assert canary["spec"]["replicas"] == started.canary_pods("gateway", 25) == 1
+    assert env_of(canary)["RECSYS_RANKING_MODEL_TAG"] == "recsys-ranking:ccc"
+    assert env_of(canary)["BENTOML_SERVE_DEPENDS"].split() == [
+        "Retrieval=http://recsys-retrieval.recsys.svc:3000"
+    ]
+    stable = find(objects, "Deployment", "recsys-gateway")
+    assert env_of(stable)["RECSYS_RANKING_MODEL_TAG"] == "recsys-ranking:bbb222"
+
+    promote = plan_promote(TARGET, started, "ranking")
+    objects = render(helm_path, tmp_path, BASE, [start, promote])
+    assert find(objects, "Deployment", "recsys-gateway-canary") is None
+    stable = find(objects, "Deployment", "recsys-gateway")
+    assert env_of(stable)["RECSYS_RANKING_MODEL_TAG"] == "recsys-ranking:ccc"
+    assert stable["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example.com/recsys:1.1.0"
+    )
+
+    rollback = plan_rollback(TARGET, started, "ranking")
+    objects = render(helm_path, tmp_path, BASE, [start, rollback])
+    assert find(objects, "Deployment", "recsys-gateway-canary") is None
+    stable = find(objects, "Deployment", "recsys-gateway")
+    assert env_of(stable)["RECSYS_RANKING_MODEL_TAG"] == "recsys-ranking:bbb222"
+
+
+@pytest.mark.helm
+def test_kubernetes_start_promote_and_rollback_render(helm_path, tmp_path):
+    values = chart_values(SEPARATE, CHART)
+    start = plan_start(TARGET, values, "ranking", "1.1.0", 25, model_tag="recsys-ranking:ccc")
+    started = chart_values(apply_settings(values.raw, start))
+    objects = render(helm_path, tmp_path, SEPARATE, [start])
     canary = find(objects, "Deployment", "recsys-ranking-canary")
     assert canary is not None
     assert canary["spec"]["replicas"] == started.canary_pods("ranking", 25) == 1
@@ -328,7 +400,7 @@ def test_kubernetes_start_promote_and_rollback_render(helm_path, tmp_path):
     assert "RECSYS_FAULT_ERROR_RATE" not in env_of(canary)
 
     promote = plan_promote(TARGET, started, "ranking")
-    objects = render(helm_path, tmp_path, BASE, [start, promote])
+    objects = render(helm_path, tmp_path, SEPARATE, [start, promote])
     assert find(objects, "Deployment", "recsys-ranking-canary") is None
     stable = find(objects, "Deployment", "recsys-ranking")
     assert stable["spec"]["template"]["spec"]["containers"][0]["image"] == (
@@ -337,7 +409,7 @@ def test_kubernetes_start_promote_and_rollback_render(helm_path, tmp_path):
     assert env_of(stable)["RECSYS_RANKING_MODEL_TAG"] == "recsys-ranking:ccc"
 
     rollback = plan_rollback(TARGET, started, "ranking")
-    objects = render(helm_path, tmp_path, BASE, [start, rollback])
+    objects = render(helm_path, tmp_path, SEPARATE, [start, rollback])
     assert find(objects, "Deployment", "recsys-ranking-canary") is None
     stable = find(objects, "Deployment", "recsys-ranking")
     assert stable["spec"]["template"]["spec"]["containers"][0]["image"] == (

@@ -9,12 +9,29 @@ with fromYaml/fromJson (templates can only return strings).
 */}}
 
 {{/*
-recsys.components: the component keys of values.yaml, in dependency order, as a
-space-separated string (split with `splitList " "`). One list so every template
-loops over the same set.
+recsys.components: the components this release deploys, in dependency order, as a
+space-separated string (split with `splitList " "`); root context. One list so every
+template loops over the same set. ranking is one only with ranking.separate=true; by
+default Ranking runs inside the gateway's process (see recsys.rankingInGateway).
 */}}
 {{- define "recsys.components" -}}
+{{- if .Values.ranking.separate -}}
 retrieval ranking gateway
+{{- else -}}
+retrieval gateway
+{{- end }}
+{{- end }}
+
+{{/*
+recsys.rankingInGateway: "true" when Ranking runs inside the gateway's process (the default,
+ranking.separate=false), else "". Root context. Then the gateway loads the ranking model
+(ranking.modelTag; a gateway canary may carry another one, gateway.canary.rankingModelTag) and
+no ranking Deployment, Service or InferenceService exists.
+*/}}
+{{- define "recsys.rankingInGateway" -}}
+{{- if not .Values.ranking.separate }}
+{{- "true" }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -135,7 +152,9 @@ stageAuth.existingSecret, or the one the chart makes, "<fullname>-stage-token".
 
 {{/*
 recsys.trackSpec: what one track of one component runs, as YAML
-{repository, tag, ref, version, modelTag}. Inheritance: canary -> component ->
+{repository, tag, ref, version, modelTag}. The gateway's modelTag is the ranking
+model it runs in process (ranking.modelTag, on the canary
+gateway.canary.rankingModelTag), empty when ranking is separate. Inheritance: canary -> component ->
 top-level image (tag defaulting to appVersion). The top-level digest pins only
 stable pods of components without an image override. `version` is the tag
 made into a valid label value (<=63 chars, alphanumeric at both ends).
@@ -146,6 +165,16 @@ made into a valid label value (<=63 chars, alphanumeric at both ends).
 {{- $repo := default $v.image.repository $c.image.repository }}
 {{- $tag := default (default .root.Chart.AppVersion $v.image.tag) $c.image.tag }}
 {{- $modelTag := $c.modelTag | default "" }}
+{{- $canaryModelTag := $c.canary.modelTag | default "" }}
+{{- if eq .component "gateway" }}
+{{- /* The gateway's model is the in-process ranker's (none when ranking is separate). */}}
+{{- $modelTag = "" }}
+{{- $canaryModelTag = "" }}
+{{- if include "recsys.rankingInGateway" .root }}
+{{- $modelTag = $v.ranking.modelTag | default "" }}
+{{- $canaryModelTag = $c.canary.rankingModelTag | default "" }}
+{{- end }}
+{{- end }}
 {{- $digest := "" }}
 {{- if and $v.image.digest (not $c.image.repository) (not $c.image.tag) }}
 {{- $digest = $v.image.digest }}
@@ -153,7 +182,7 @@ made into a valid label value (<=63 chars, alphanumeric at both ends).
 {{- if eq .track "canary" }}
 {{- $repo = default $repo $c.canary.image.repository }}
 {{- $tag = default $tag $c.canary.image.tag }}
-{{- $modelTag = default $modelTag ($c.canary.modelTag | default "") }}
+{{- $modelTag = default $modelTag $canaryModelTag }}
 {{- $digest = "" }}
 {{- end }}
 {{- $ref := printf "%s:%s" $repo $tag }}
@@ -332,14 +361,16 @@ cluster-local Knative address (port 80).
 {{- end }}
 
 {{/*
-recsys.dependsValue: BENTOML_SERVE_DEPENDS of the gateway. bentoml's
-`start-http-server --depends` is a repeatable click option whose environment
-form is whitespace-separated: "Retrieval=http://... Ranking=http://...".
+recsys.dependsValue: BENTOML_SERVE_DEPENDS of the gateway: the remote stages only
+(the deployed components other than the gateway). A stage left out runs inside the
+gateway's process, so by default this is "Retrieval=http://..." alone, and with
+ranking.separate "Retrieval=http://... Ranking=http://..." (bentoml's repeatable
+`--depends` option; its environment form is whitespace-separated).
 */}}
 {{- define "recsys.dependsValue" -}}
 {{- $root := .root }}
 {{- $deps := list }}
-{{- range $dep := list "retrieval" "ranking" }}
+{{- range $dep := without (splitList " " (include "recsys.components" $root)) "gateway" }}
 {{- $ctx := dict "root" $root "component" $dep }}
 {{- $deps = append $deps (printf "%s=%s" (index $root.Values $dep).serviceName (include "recsys.componentURL" $ctx)) }}
 {{- end }}
@@ -375,8 +406,8 @@ recsys.env: the container's environment for one track of one component.
   value: /tmp/.cache
 - name: RECSYS_TRACK
   value: {{ .track | quote }}
-# Stage token: the gateway sends it, retrieval and ranking require it (docs/security.md). A
-# missing Secret keeps the pod from starting rather than running it unprotected.
+# Stage token: the gateway sends it to the remote stages, which require it (docs/security.md).
+# A missing Secret keeps the pod from starting rather than running it unprotected.
 - name: RECSYS_STAGE_TOKEN
   valueFrom:
     secretKeyRef:
@@ -388,8 +419,9 @@ recsys.env: the container's environment for one track of one component.
       name: {{ include "recsys.stageTokenSecretName" .root | quote }}
       key: {{ $v.stageAuth.previousSecretKey | quote }}
       optional: true
-{{- if and $spec.modelTag (ne .component "gateway") }}
-- name: {{ printf "RECSYS_%s_MODEL_TAG" (upper .component) }}
+{{- if $spec.modelTag }}
+# The model this pod loads (the gateway's: the ranker it runs in process).
+- name: {{ printf "RECSYS_%s_MODEL_TAG" (upper (ternary "ranking" .component (eq .component "gateway"))) }}
   value: {{ $spec.modelTag | quote }}
 {{- end }}
 {{- with $v.settings }}
@@ -620,6 +652,12 @@ with a message naming the values to change.
 {{- if and $c.canary.enabled (eq $v.platform "kubernetes") (not (include "recsys.routeWeighted" $ctx)) (eq (int $c.canary.weight) 100) }}
 {{- fail (printf "%s.canary.weight=100 cannot be approximated by replicas (the stable Deployment keeps its pods): promote instead (set %s.image.tag to the canary's and %s.canary.enabled=false), or use gatewayAPI for exact weights" $name $name $name) }}
 {{- end }}
+{{- end }}
+{{- if and $v.ranking.canary.enabled (not $v.ranking.separate) }}
+{{- fail "ranking.canary.enabled needs ranking.separate=true: by default Ranking runs inside the gateway, so a ranking-model canary is a gateway canary (gateway.canary.enabled=true, gateway.canary.rankingModelTag=<model tag>)" }}
+{{- end }}
+{{- if and $v.gateway.canary.rankingModelTag $v.ranking.separate }}
+{{- fail "gateway.canary.rankingModelTag applies only when Ranking runs inside the gateway (ranking.separate=false): with ranking.separate=true the ranking canary is ranking.canary.modelTag" }}
 {{- end }}
 {{- if eq $v.platform "kserve" }}
 {{- if or $v.ingress.enabled $v.gatewayAPI.enabled }}
