@@ -218,13 +218,15 @@ def test_bentoml_start_contract(chart, scenario, helpers):
         remote = {service_names[c] for c in helpers.components_of(scenario)} - {"Recommender"}
         assert set(depends) == remote
         # The ranker is loaded where Ranking runs: the gateway's pods unless it is separate.
-        ranking_tag = ((yaml.safe_load(scenario.read_text()) or {}).get("ranking") or {}).get(
-            "modelTag"
-        )
+        values = yaml.safe_load(scenario.read_text()) or {}
+        ranking_tag = (values.get("ranking") or {}).get("modelTag")
         if "Ranking" in remote or not ranking_tag:
             assert "RECSYS_RANKING_MODEL_TAG" not in env
         else:
             assert env["RECSYS_RANKING_MODEL_TAG"].startswith("recsys-ranking:")
+        # Its fallback list comes with the retrieval model: the version retrieval serves.
+        retrieval_tag = (values.get("retrieval") or {}).get("modelTag")
+        assert env.get("RECSYS_RETRIEVAL_MODEL_TAG") == (retrieval_tag or None)
         for url in depends.values():
             host = re.match(r"http://([^.:/]+)", url).group(1)
             if obj["kind"] == "Deployment":

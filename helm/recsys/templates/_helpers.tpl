@@ -424,6 +424,11 @@ recsys.env: the container's environment for one track of one component.
 - name: {{ printf "RECSYS_%s_MODEL_TAG" (upper (ternary "ranking" .component (eq .component "gateway"))) }}
   value: {{ $spec.modelTag | quote }}
 {{- end }}
+{{- if and (eq .component "gateway") $v.retrieval.modelTag }}
+# The gateway's fallback list ships with the retrieval model: the same version retrieval serves.
+- name: RECSYS_RETRIEVAL_MODEL_TAG
+  value: {{ $v.retrieval.modelTag | quote }}
+{{- end }}
 {{- with $v.settings }}
 {{- if not (kindIs "invalid" .numCandidates) }}
 - name: RECSYS_NUM_CANDIDATES
