@@ -93,8 +93,11 @@ class ServingSettings(BaseSettings):
     inline: bool = Field(
         False, description="Gateway runs both stages in its own process (single-node form)."
     )
+    # From measured capacity (docs/benchmark.md): one worker of the default form serves about
+    # 440 req/s, so 32 requests in flight are ~70 ms of queue, about slo.yaml's p99 (60 ms):
+    # past that, an admitted request would miss its objective anyway, so it is shed at once.
     gateway_max_in_flight: int = Field(
-        64, ge=0, description="Requests in flight per gateway worker before 503 (0: no limit)."
+        32, ge=0, description="Requests in flight per gateway worker before 503 (0: no limit)."
     )
     stage_max_in_flight: int = Field(
         256, ge=0, description="Requests in flight per stage worker before 503 (0: no limit)."

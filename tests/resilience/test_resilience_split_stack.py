@@ -96,7 +96,7 @@ def wait_until_healthy(topology: Topology) -> None:
 
 
 def test_spike_is_shed_at_the_gateway_with_retry_after(topology, known_users, tmp_path):
-    """8 users, then 150 at once for 15 s, then 8 again; shipped limits (gateway 64 in flight per
+    """8 users, then 150 at once for 15 s, then 8 again; shipped limits (gateway 32 in flight per
     worker, stages 256)."""
     wait_until_healthy(topology)
     stage_metrics_before = {s: scrape(topology.servers[s]) for s in ("Retrieval", "Ranking")}
