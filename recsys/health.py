@@ -299,7 +299,11 @@ class DriftMonitor:
         self._since_publish = 0
 
     def observe_retrieval(
-        self, known_user: bool, scores: Sequence[float], unknown_items: int = 0, named_items: int = 0
+        self,
+        known_user: bool,
+        scores: Sequence[float],
+        unknown_items: int = 0,
+        named_items: int = 0,
     ) -> None:
         """One retrieval answer: was the user known, its candidate scores, named items."""
         self.users.add(np.array([0 if known_user else 1, 1]))

@@ -65,7 +65,9 @@ class RetrainConfig:
     dry_run: bool = False
     metrics_file: Path | None = None
     pushgateway: str | None = None
-    run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    run_id: str = field(
+        default_factory=lambda: time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    )
     train_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -251,7 +253,11 @@ class Reporter:
             )
         for key in ("candidate_ndcg_at_10", "data_end_timestamp_seconds"):
             if key in result.facts:
-                add(f"recsys_retrain_{key}", f"{key} of the last run's candidate.", result.facts[key])
+                add(
+                    f"recsys_retrain_{key}",
+                    f"{key} of the last run's candidate.",
+                    result.facts[key],
+                )
         self.metrics.write(self.config.metrics_file, self.config.pushgateway)
 
 
@@ -329,7 +335,9 @@ def _rollout_argv(config: RetrainConfig, tags: dict[str, str]) -> list[str]:
 def run_retrain(config: RetrainConfig, echo: Callable[[str], None] = print) -> RetrainResult:
     """Run every step; returns how the run ended (never raises for a refused candidate)."""
     if config.canary not in CANARY_MODES:
-        raise RecsysError(f"--canary must be one of {', '.join(CANARY_MODES)}, got {config.canary!r}")
+        raise RecsysError(
+            f"--canary must be one of {', '.join(CANARY_MODES)}, got {config.canary!r}"
+        )
     if config.canary != "record" and not config.image_tag:
         raise RecsysError("--canary start|run needs --image-tag (the image the canary runs)")
     started = time.time()
@@ -442,7 +450,9 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
         (config.out / "rollout.log").write_text(done.stdout + done.stderr)
         if done.returncode != 0:
             last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
-            raise RetrainRefused(f"recsys rollout {config.canary} exited {done.returncode}: {last[0]}")
+            raise RetrainRefused(
+                f"recsys rollout {config.canary} exited {done.returncode}: {last[0]}"
+            )
         result.outcome = "canary_started"
         mode = " (dry run: helm steps printed)" if config.dry_run else ""
         note["detail"] = f"recsys rollout {config.canary} for {config.component}{mode}"

@@ -72,7 +72,11 @@ class WindowReport:
         lines = [
             f"new window {self.new.label}: {self.new.rows} rows, "
             f"{self.new.rejected_share:.2%} rejected"
-            + (f"; previous {prev.label}: {prev.rows} rows, {prev.rejected_share:.2%} rejected" if prev else "")
+            + (
+                f"; previous {prev.label}: {prev.rows} rows, {prev.rejected_share:.2%} rejected"
+                if prev
+                else ""
+            )
         ]
         if self.psi:
             lines.append("shift (PSI): " + ", ".join(f"{k} {v:.3f}" for k, v in self.psi.items()))
@@ -85,7 +89,9 @@ def _count_bins(counts: np.ndarray) -> np.ndarray:
     return np.bincount(np.searchsorted(_COUNT_EDGES, counts, side="right"), minlength=9)
 
 
-def _stats(label: str, raw: pd.DataFrame, known_items: pd.Series) -> tuple[WindowStats, pd.DataFrame]:
+def _stats(
+    label: str, raw: pd.DataFrame, known_items: pd.Series
+) -> tuple[WindowStats, pd.DataFrame]:
     clean, report, _ = validate_interactions(raw, known_items)
     nulls = {
         column: round(float(raw[column].isna().mean()), 6) if len(raw) else 0.0
@@ -102,7 +108,9 @@ def _stats(label: str, raw: pd.DataFrame, known_items: pd.Series) -> tuple[Windo
     return stats, clean
 
 
-def split_windows(source: SourceData, window_days: float) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+def split_windows(
+    source: SourceData, window_days: float
+) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
     """(previous raw rows, newest raw rows, their labels): by daily file, else by time."""
     parts = source.parts
     if len(parts) >= 2 and parts[-1].rows and parts[-2].rows:
@@ -187,9 +195,7 @@ def compare_windows(
             value = round(psi(prev_dist, new_dist), 4)
             report.psi[name] = value
             if value > limits.max_psi:
-                report.problems.append(
-                    f"{name} shifted: PSI {value:.3f} above {limits.max_psi:g}"
-                )
+                report.problems.append(f"{name} shifted: PSI {value:.3f} above {limits.max_psi:g}")
             elif value > limits.warn_psi:
                 report.warnings.append(f"{name} shifted: PSI {value:.3f} above {limits.warn_psi:g}")
     return report
