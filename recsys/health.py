@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -345,46 +347,85 @@ class DriftMonitor:
         return out
 
 
-class ModelHealth:
-    """A service's view of its model's health: age, and drift once a snapshot is known.
+class HealthSettings(BaseSettings):
+    """Drift monitoring knobs, overridable by `RECSYS_DRIFT_<NAME>` environment variables."""
 
-    The service calls `track(version, model_dir)` when its model is ready (cheap when the
-    version did not change) and then the `observe_*` methods; `age` and `publish` are
-    callbacks that set the service's gauges. A model without a snapshot reports its age from
-    the store's creation time and no drift.
+    model_config = SettingsConfigDict(env_prefix="RECSYS_DRIFT_", extra="ignore")
+
+    enabled: bool = Field(True, description="Compute drift signals on answered requests.")
+    window: int = Field(1000, ge=10, description="Requests in the sliding window.")
+    publish_every: int = Field(10, ge=1, description="Requests between two gauge updates.")
+
+
+Locate = Callable[[str], tuple["Path | None", "float | None"]]
+
+
+class ModelHealth:
+    """A service's view of its model's health: age, and drift against the training snapshot.
+
+    The service calls `on_retrieval` / `on_ranking` once per answered request (and `refresh`
+    from its readiness check); `locate(version)` gives the model's directory and creation time
+    (looked up once per version); `on_age` and `on_drift` set the service's gauges. A model
+    without a snapshot reports its age from its creation time and no drift.
     """
 
     def __init__(
         self,
+        locate: Locate,
         on_age: Callable[[str, float, float], None],
         on_drift: Callable[[str, DriftReading], None],
-        window: int = 1000,
-        publish_every: int = 10,
+        settings: HealthSettings | None = None,
     ) -> None:
+        self.locate = locate
         self.on_age = on_age
         self.on_drift = on_drift
-        self.window = window
-        self.publish_every = publish_every
+        self.settings = settings or HealthSettings()
         self.version = ""
         self.monitor: DriftMonitor | None = None
         self.data_end: float | None = None
+        self._age_at = 0.0
 
-    def track(self, version: str, model_dir: str | Path | None, created: float | None = None):
-        """Switch to `version` (loading its snapshot) and refresh the age gauge."""
+    def refresh(self, version: str) -> DriftMonitor | None:
+        """Switch to `version` when it changed (loading its snapshot); update the age gauge at
+        most once a second."""
         if version != self.version:
+            model_dir, created = self.locate(version)
             snapshot = TrainingSnapshot.load(model_dir) if model_dir else None
             self.version = version
             self.data_end = snapshot.data_end if snapshot else created
-            self.monitor = (
-                DriftMonitor(
+            self.monitor = None
+            if snapshot is not None and self.settings.enabled:
+                self.monitor = DriftMonitor(
                     snapshot,
-                    self.window,
-                    self.publish_every,
+                    self.settings.window,
+                    self.settings.publish_every,
                     lambda reading: self.on_drift(self.version, reading),
                 )
-                if snapshot
-                else None
-            )
-        if self.data_end is not None:
-            self.on_age(self.version, self.data_end, max(0.0, time.time() - self.data_end))
+            self._age_at = 0.0
+        now = time.time()
+        if self.data_end is not None and now - self._age_at >= 1.0:
+            self._age_at = now
+            self.on_age(self.version, self.data_end, max(0.0, now - self.data_end))
         return self.monitor
+
+    def on_retrieval(
+        self,
+        version: str,
+        known_user: bool,
+        candidates: Sequence[dict],
+        exclude_items: Sequence[str] = (),
+        unknown_excluded: int = 0,
+    ) -> None:
+        """One retrieval answer (candidates as the Retrieval service returns them)."""
+        monitor = self.refresh(version)
+        if monitor is not None:
+            scores = [c["score"] for c in candidates]
+            monitor.observe_retrieval(known_user, scores, unknown_excluded, len(exclude_items))
+
+    def on_ranking(self, version: str, items: Sequence[dict]) -> None:
+        """One ranking answer (items in rank order, score None for items the model lacks)."""
+        monitor = self.refresh(version)
+        if monitor is not None:
+            scores = [i["score"] for i in items if i["score"] is not None]
+            top = [i.get("category", "") for i in items[: monitor.snapshot.top_k]]
+            monitor.observe_ranking(scores, top)

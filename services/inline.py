@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import bentoml
 
-from recsys.artifacts import load_ranker, load_retrieval
+from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, load_ranker, load_retrieval
 from recsys.gateway import RecommendPipeline
 from recsys.serving import BackgroundModel, inject_faults, rank_candidates
 from services.common import (
     MODEL_INFO,
     SETTINGS,
     install_tracing,
+    model_health,
     packed_model,
     protect,
     service_config,
@@ -44,6 +45,8 @@ class InlineRecommender(GatewayAPI):
             check_ranker,
             SETTINGS.fault_load_delay_s,
         )
+        self.retrieval_health = model_health("Retrieval", RETRIEVAL_MODEL)
+        self.ranking_health = model_health("Ranking", RANKING_MODEL)
         self.pipeline = RecommendPipeline(
             settings=SETTINGS,
             retrieve=self._retrieve,
@@ -58,14 +61,18 @@ class InlineRecommender(GatewayAPI):
     async def _retrieve(self, user_id: str, k: int, exclude: list[str]) -> dict:
         await inject_faults(SETTINGS)
         model = self.retrieval.get()
-        return {
-            "candidates": model.retrieve(user_id, k, exclude),
-            "model_version": self.retrieval.version,
-        }
+        candidates = model.retrieve(user_id, k, exclude)
+        unknown = sum(item not in model.items for item in exclude)
+        known_user = model.users.index_of(user_id) >= 0
+        self.retrieval_health.on_retrieval(
+            self.retrieval.version, known_user, candidates, exclude, unknown
+        )
+        return {"candidates": candidates, "model_version": self.retrieval.version}
 
     async def _rank(self, user_id: str, candidates: list[dict]) -> dict:
         await inject_faults(SETTINGS)
         items = rank_candidates(self.ranking.get(), user_id, candidates)
+        self.ranking_health.on_ranking(self.ranking.version, items)
         return {"items": items, "model_version": self.ranking.version}
 
     async def _similar(self, item_id: str, k: int) -> dict:
@@ -84,6 +91,8 @@ class InlineRecommender(GatewayAPI):
         if ready:
             for name, model in (("Retrieval", self.retrieval), ("Ranking", self.ranking)):
                 MODEL_INFO.labels(name, model.version, SETTINGS.track).set(1)
+            self.retrieval_health.refresh(self.retrieval.version)
+            self.ranking_health.refresh(self.ranking.version)
         return ready
 
     async def stage_status(self) -> dict:

@@ -9,7 +9,7 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from recsys.artifacts import load_ranker
+from recsys.artifacts import RANKING_MODEL, load_ranker
 from recsys.serving import (
     ItemId,
     ModelNotReady,
@@ -60,7 +60,9 @@ class Ranking(StageService):
     model_ref = packed_model(SETTINGS.ranking_model_tag)
 
     def __init__(self) -> None:
-        self.start_loading(lambda: load_ranker(SETTINGS.ranking_model_tag), check_ranker)
+        self.start_loading(
+            lambda: load_ranker(SETTINGS.ranking_model_tag), check_ranker, RANKING_MODEL
+        )
 
     @bentoml.api
     async def rank(
@@ -76,6 +78,7 @@ class Ranking(StageService):
             return bad_request(ctx, str(exc), status=503)
         await inject_faults(SETTINGS)
         items = rank_candidates(ranker, user_id, [c.model_dump() for c in candidates])
+        self.health.on_ranking(self.loaded.version, items)
         set_attributes(
             user_hash=hash_id(user_id),
             candidates=len(candidates),

@@ -7,7 +7,7 @@ from typing import Annotated
 import bentoml
 from pydantic import Field
 
-from recsys.artifacts import load_retrieval
+from recsys.artifacts import RETRIEVAL_MODEL, load_retrieval
 from recsys.serving import ItemId, ModelNotReady, UserId, inject_faults
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
@@ -37,7 +37,9 @@ class Retrieval(StageService):
     model_ref = packed_model(SETTINGS.retrieval_model_tag)
 
     def __init__(self) -> None:
-        self.start_loading(lambda: load_retrieval(SETTINGS.retrieval_model_tag), check_retrieval)
+        self.start_loading(
+            lambda: load_retrieval(SETTINGS.retrieval_model_tag), check_retrieval, RETRIEVAL_MODEL
+        )
 
     @bentoml.api
     async def retrieve(
@@ -55,7 +57,12 @@ class Retrieval(StageService):
             return bad_request(ctx, str(exc), status=503)
         await inject_faults(SETTINGS)
         candidates = model.retrieve(user_id, k, exclude_items, exclude_seen)
-        cold = model.is_cold(model.users.index_of(user_id))
+        user_idx = model.users.index_of(user_id)
+        cold = model.is_cold(user_idx)
+        unknown = sum(item not in model.items for item in exclude_items)
+        self.health.on_retrieval(
+            self.loaded.version, user_idx >= 0, candidates, exclude_items, unknown
+        )
         set_attributes(
             user_hash=hash_id(user_id),
             k=k,
