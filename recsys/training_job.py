@@ -159,14 +159,18 @@ class RunMetrics:
         self.samples.append((name, help_text, labels, float(value)))
 
     def exposition(self) -> str:
-        lines: list[str] = []
-        seen: set[str] = set()
+        """Text format 0.0.4: one HELP/TYPE header per family, its samples grouped under it."""
+        families: dict[str, list[str]] = {}
+        helps: dict[str, str] = {}
         for name, help_text, labels, value in self.samples:
-            if name not in seen:
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-                seen.add(name)
+            helps.setdefault(name, help_text)
             text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-            lines.append(f"{name}{{{text}}} {value:.6g}" if text else f"{name} {value:.6g}")
+            families.setdefault(name, []).append(
+                f"{name}{{{text}}} {value:.17g}" if text else f"{name} {value:.17g}"
+            )
+        lines: list[str] = []
+        for name, samples in families.items():
+            lines += [f"# HELP {name} {helps[name]}", f"# TYPE {name} gauge", *samples]
         return "\n".join(lines) + "\n"
 
     def write(self, path: Path | None, pushgateway: str | None) -> None:
@@ -410,7 +414,7 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
     with reporter.step("gate") as note:
         if not trained.promotable:
             raise RetrainRefused("promotion gate: " + "; ".join(trained.promotion_reasons))
-        note["detail"] = "; ".join(trained.promotion_reasons)
+        note["detail"] = "; ".join(trained.promotion_reasons) or "passed"
     with reporter.step("store") as note:
         snapshot = snapshot_for(trained, source.interactions)
         result.facts["data_end_timestamp_seconds"] = snapshot.data_end

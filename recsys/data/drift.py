@@ -122,6 +122,7 @@ def split_windows(
             times = parse_timestamps(previous[schema.TIMESTAMP])
             end = times.max()
             previous = previous.loc[(times > end - pd.Timedelta(days=window_days)).to_numpy()]
+            return previous, new, f"last {window_days:g} day(s) of {parts[0].name}", parts[-1].name
         return previous, new, parts[-2].name, parts[-1].name
     times = parse_timestamps(source.interactions[schema.TIMESTAMP])
     end = times.max()
