@@ -31,8 +31,11 @@ import pandas as pd
 DAY = pd.Timedelta(days=1)
 
 
+_STARTED = time.perf_counter()
+
+
 def _say(text: str) -> None:
-    print(f"\n=== {text}", flush=True)
+    print(f"\n=== [{time.perf_counter() - _STARTED:5.0f} s] {text}", flush=True)
 
 
 def _ages(url: str) -> dict[str, float]:
@@ -115,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             start=(now - pd.Timedelta(days=days)).isoformat(),
         )
     )
-    log = data.interactions
+    # The generator keeps the first n_events in time, so the log ends a few days before the
+    # span does: shift it so that its last event is now (the catalog with it).
+    shift = now - data.interactions["timestamp"].max()
+    log = data.interactions.assign(timestamp=data.interactions["timestamp"] + shift)
+    data.catalog["created_at"] = data.catalog["created_at"] + shift
     cut = log["timestamp"].max() - DAY
     yesterday, new_day = log[log["timestamp"] <= cut], log[log["timestamp"] > cut]
     data.catalog.to_parquet(source / "items.parquet", index=False)
