@@ -173,7 +173,7 @@ class RunMetrics:
             lines += [f"# HELP {name} {helps[name]}", f"# TYPE {name} gauge", *samples]
         return "\n".join(lines) + "\n"
 
-    def write(self, path: Path | None, pushgateway: str | None) -> None:
+    def write(self, path: Path | None, pushgateway: str | None, grouping: str = "") -> None:
         body = self.exposition()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +183,7 @@ class RunMetrics:
         if pushgateway:
             import httpx
 
-            url = f"{pushgateway.rstrip('/')}/metrics/job/recsys-retrain"
+            url = f"{pushgateway.rstrip('/')}/metrics/job/recsys-retrain{grouping}"
             try:
                 httpx.post(url, content=body.encode(), timeout=10).raise_for_status()
             except httpx.HTTPError as exc:
@@ -262,7 +262,13 @@ class Reporter:
                     f"{key} of the last run's candidate.",
                     result.facts[key],
                 )
-        self.metrics.write(self.config.metrics_file, self.config.pushgateway)
+        # The Pushgateway adds its grouping key as labels: the alerts select on these two.
+        grouping = "".join(
+            f"/{label}/{os.environ[var]}"
+            for label, var in (("namespace", "RECSYS_NAMESPACE"), ("release", "RECSYS_RELEASE"))
+            if os.environ.get(var)
+        )
+        self.metrics.write(self.config.metrics_file, self.config.pushgateway, grouping)
 
 
 def _train_config(overrides: dict[str, Any]):
