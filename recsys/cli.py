@@ -107,17 +107,17 @@ def data_validate(
 
         source = load_source(str(data))
         interactions, catalog = source.interactions, source.catalog
-    rejects = rejects or data / "rejects"
-    result = validate_dataset(interactions, catalog, max_reject_ratio, rejects)
-    for line in result.report.summary_lines():
-        console.print(line)
-    console.print(f"rejected rows and validation.json are in {rejects}")
-    if window_days > 0 and not movielens:
+    if window_days > 0 and not movielens:  # first: its refusal names the broken file
         from recsys.data.drift import WindowLimits, check_windows
 
         limits = WindowLimits(max_reject_ratio, max_row_ratio, max_psi)
         for line in check_windows(source, window_days, limits).summary_lines():
             console.print(line, highlight=False)
+    rejects = rejects or data / "rejects"
+    result = validate_dataset(interactions, catalog, max_reject_ratio, rejects)
+    for line in result.report.summary_lines():
+        console.print(line)
+    console.print(f"rejected rows and validation.json are in {rejects}")
 
 
 def _stage_printer():
