@@ -61,6 +61,10 @@ class Bins:
     edges: list[float]
     shares: list[float]
 
+    def __post_init__(self) -> None:
+        # searched once per request: kept as an array (not a field: not saved, not compared)
+        object.__setattr__(self, "_edge_array", np.asarray(self.edges, dtype=np.float64))
+
     @classmethod
     def from_sample(cls, values: np.ndarray, n_bins: int = 10) -> Bins:
         values = np.asarray(values, dtype=np.float64)
@@ -76,7 +80,7 @@ class Bins:
         """Counts of `values` (finite ones) per bin."""
         values = np.asarray(values, dtype=np.float64)
         values = values[np.isfinite(values)]
-        idx = np.searchsorted(np.asarray(self.edges), values, side="right")
+        idx = np.searchsorted(self._edge_array, values, side="right")
         return np.bincount(idx, minlength=len(self.shares))
 
 
@@ -354,7 +358,7 @@ class HealthSettings(BaseSettings):
 
     enabled: bool = Field(True, description="Compute drift signals on answered requests.")
     window: int = Field(1000, ge=10, description="Requests in the sliding window.")
-    publish_every: int = Field(10, ge=1, description="Requests between two gauge updates.")
+    publish_every: int = Field(25, ge=1, description="Requests between two gauge updates.")
 
 
 Locate = Callable[[str], tuple["Path | None", "float | None"]]
