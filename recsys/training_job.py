@@ -388,22 +388,25 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
 
     with reporter.step("load") as note:
         source = load_source(config.source)
+        # Resolved before anything is stored, so `latest` means the model serving now. Only
+        # `latest` may be missing (the first run); a named stable model must be found.
+        try:
+            if config.model_store and config.stable_ranking != "latest":
+                import_model(config.stable_ranking, config.model_store)
+            stable = resolve_tag(config.stable_ranking, RANKING_MODEL)
+        except ModelMissingError:
+            if config.stable_ranking != "latest":
+                raise
+            stable = None
         note["detail"] = (
             f"{len(source.interactions)} events in {len(source.parts)} file(s), "
-            f"{len(source.catalog)} items from {config.source}"
+            f"{len(source.catalog)} items from {config.source}; stable {stable or 'none'}"
         )
     with reporter.step("check") as note:
         limits = WindowLimits(config.max_reject_ratio, config.max_row_ratio, config.max_psi)
         report = check_windows(source, config.window_days, limits)
         (config.out / "window-check.json").write_text(json.dumps(report.to_dict(), indent=2))
         note["detail"] = "; ".join(report.summary_lines())
-    # Resolved before anything is stored, so `latest` means the model serving now.
-    try:
-        if config.model_store and config.stable_ranking != "latest":
-            import_model(config.stable_ranking, config.model_store)
-        stable = resolve_tag(config.stable_ranking, RANKING_MODEL)
-    except ModelMissingError:
-        stable = None
     with reporter.step("train") as note:
         train_config = _train_config(
             {"max_reject_ratio": config.max_reject_ratio, **config.train_overrides}

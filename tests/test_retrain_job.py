@@ -246,3 +246,17 @@ def test_a_worse_candidate_never_reaches_the_store(loop, source, tmp_path):
     assert result.outcome == "refused", result.reason
     assert result.steps[-1].name in ("gate", "preflight")
     assert _store_tags() == tags
+
+
+def test_a_named_stable_model_that_does_not_exist_is_refused(loop, source, tmp_path):
+    tags = _store_tags()
+    result = _run(
+        source,
+        tmp_path / "run",
+        [],
+        stable_ranking="recsys-ranking:doesnotexist",
+        model_store=str(loop["work"] / "model-store"),
+    )
+    assert result.outcome == "refused" and result.steps[-1].name == "load"
+    assert "recsys-ranking:doesnotexist" in result.reason
+    assert _store_tags() == tags
