@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir.resolve()
     source = work / "source"
     shutil.rmtree(source, ignore_errors=True)
+    home = Path(os.environ.get("BENTOML_HOME", "")).resolve()
+    if home.is_relative_to(work):  # the demo's own store (the Makefile's): start empty
+        shutil.rmtree(home / "models", ignore_errors=True)
     (source / "interactions").mkdir(parents=True)
     days = 121
     now = pd.Timestamp.now(tz="UTC").floor("s")
