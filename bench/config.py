@@ -53,9 +53,8 @@ class BenchConfig:
     scann_builds: tuple[dict, ...] = ({}, {"leaves_per_sqrt_n": 0.5})
     scann_shares: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
     scann_reorder: tuple[int, ...] = (100, 250, 500, 1000, 2000)
-    # Served variants (see bench/servers.py): the three forms, and the inline form with two
-    # workers (one per core).
-    variants: tuple[str, ...] = ("split", "inline", "kserve", "inline-w2")
+    # Served variants (see bench/servers.py): the BentoML forms and the KServe peer.
+    variants: tuple[str, ...] = ("default", "split", "single", "kserve")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,7 +80,7 @@ def quick() -> BenchConfig:
         connections=8,
         patience_seconds=0.0,
         profile_seconds=0.0,
-        variants=("split", "inline", "kserve"),
+        variants=("default", "single", "kserve"),
         ann_sizes=(3000,),
         ann_queries=100,
         hnsw_ef_search=(16, 64),

@@ -50,16 +50,15 @@ def main(requests: int = 20_000, candidates: int = 200) -> dict[str, float]:
         on_drift,
         HealthSettings(),
     )
-    retrieved = [
-        {"item_id": f"i{i}", "score": float(s), "source": "ann", "category": categories[i % 24]}
-        for i, s in enumerate(rng.normal(size=candidates))
-    ]
-    ranked = [{**c, "score": float(rng.normal())} for c in retrieved]
+    # what the stages hold per request: the candidates' scores, and the ranker's verdict
+    retrieval_scores = rng.normal(size=candidates).tolist()
+    ranking_scores = np.sort(rng.normal(size=candidates))[::-1].tolist()
+    top = [categories[i % 24] for i in range(10)]
     timings = []
     for _ in range(requests):
         start = time.perf_counter_ns()
-        health.on_retrieval("v1", True, retrieved)
-        health.on_ranking("v1", ranked)
+        health.on_retrieval("v1", True, retrieval_scores)
+        health.on_ranking("v1", ranking_scores, top)
         timings.append(time.perf_counter_ns() - start)
     timings_us = np.array(timings[1000:]) / 1000
     figures = {

@@ -237,7 +237,7 @@ def run_saturation(
 def peer_for(name: str, names: list[str]) -> str | None:
     """The KServe variant to hold `name` against: same suffixes if served, else the closest.
 
-    `inline-w2` is compared with `kserve-w2` when that runs, else with plain `kserve`.
+    `single-w2` is compared with `kserve-w2` when that runs, else with plain `kserve`.
     """
     flags = name.split("-")[1:]
     for keep in range(len(flags), -1, -1):

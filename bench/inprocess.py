@@ -1,10 +1,10 @@
 """Section 1: the pipeline in process, no HTTP: latency per stage and in total (the floor).
 
 Three views of the same requests:
-- stages: `RetrievalModel.retrieve` -> `rank_candidates` -> top k (category cap), the exact
+- stages: `RetrievalModel.retrieve_columns` -> `rank_columns` -> top k (category cap), the exact
   functions the services and the KServe peer call, timed one by one;
 - pipeline: the gateway's `RecommendPipeline.recommend` with in-process stage calls (what the
-  inline gateway runs, minus HTTP): the cost of orchestration (timeouts, breakers, spans);
+  single-process gateway runs, minus HTTP): the cost of orchestration (timeouts, breakers, spans);
 - kernels: the numeric core alone (ANN search + trending fill on indices, feature assembly,
   XGBoost prediction), showing what the dict-shaped stage interfaces add on top.
 A cProfile of the stages path lists where the time goes, function by function.
@@ -22,28 +22,24 @@ from pathlib import Path
 
 from bench.stats import summarize_ms
 from recsys.ranking import candidate_features
-from recsys.serving import ServingSettings, cap_categories, rank_candidates
+from recsys.serving import ServingSettings, rank_columns, top_k_items
 
 WARMUP_REQUESTS = 50
 PROFILE_TOP = 15
 
 
-def top_k(ranked: list[dict], k: int, category_cap: int) -> list[dict]:
-    """The gateway's last step: drop unscored items, cap categories, keep k (same output shape)."""
-    scored = [item for item in ranked if item["score"] is not None]
-    return [
-        {"item_id": i["item_id"], "score": i["score"], "category": i.get("category", "")}
-        for i in cap_categories(scored, k, category_cap)
-    ]
+def top_k(candidates: dict[str, list], ranked: dict[str, list], k: int, cap: int) -> list[dict]:
+    """The gateway's last step: the ranker's order, category cap, top k (same output shape)."""
+    return top_k_items(candidates, ranked["order"], ranked["scores"], k, cap)
 
 
 def recommend_in_process(
     retrieval, ranker, user_id: str, k: int, num_candidates: int, category_cap: int
 ) -> list[dict]:
     """retrieve -> rank -> top k with no serving framework: the floor every form is held to."""
-    candidates = retrieval.retrieve(user_id, num_candidates)
-    ranked = rank_candidates(ranker, user_id, candidates)
-    return top_k(ranked, k, category_cap)
+    candidates = retrieval.retrieve_columns(user_id, num_candidates)
+    ranked = rank_columns(ranker, user_id, candidates)
+    return top_k(candidates, ranked, k, category_cap)
 
 
 def _requests(users: Sequence[str], count: int) -> list[str]:
@@ -56,11 +52,11 @@ def time_stages(retrieval, ranker, users, k, num_candidates, category_cap) -> di
     clock = time.perf_counter
     for user_id in users:
         t0 = clock()
-        candidates = retrieval.retrieve(user_id, num_candidates)
+        candidates = retrieval.retrieve_columns(user_id, num_candidates)
         t1 = clock()
-        ranked = rank_candidates(ranker, user_id, candidates)
+        ranked = rank_columns(ranker, user_id, candidates)
         t2 = clock()
-        top_k(ranked, k, category_cap)
+        top_k(candidates, ranked, k, category_cap)
         t3 = clock()
         timings["retrieve"].append((t1 - t0) * 1000)
         timings["rank"].append((t2 - t1) * 1000)
@@ -89,17 +85,18 @@ def time_kernels(retrieval, ranker, users, num_candidates) -> dict:
 
 
 def time_gateway_pipeline(retrieval, ranker, users, k, num_candidates, category_cap) -> dict:
-    """Milliseconds of `RecommendPipeline.recommend` with in-process stages (inline, no HTTP)."""
+    """Milliseconds of `RecommendPipeline.recommend` with in-process stages (no HTTP)."""
     from recsys.gateway import RecommendPipeline
 
     fallbacks: list[str] = []
     settings = ServingSettings(num_candidates=num_candidates, category_cap=category_cap)
 
     async def retrieve(user_id: str, count: int, exclude: list[str]) -> dict:
-        return {"candidates": retrieval.retrieve(user_id, count, exclude), "model_version": "b"}
+        candidates = retrieval.retrieve_columns(user_id, count, exclude)
+        return {"candidates": candidates, "model_version": "b"}
 
-    async def rank(user_id: str, candidates: list[dict]) -> dict:
-        return {"items": rank_candidates(ranker, user_id, candidates), "model_version": "b"}
+    async def rank(user_id: str, candidates: dict[str, list]) -> dict:
+        return {**rank_columns(ranker, user_id, candidates), "model_version": "b"}
 
     async def similar(item_id: str, count: int) -> dict:
         raise NotImplementedError

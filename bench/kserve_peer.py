@@ -2,7 +2,7 @@
 
 `TwoStageModel.predict` runs retrieve -> rank -> top k with the same RetrievalModel and Ranker
 objects and the same functions as the in-process measurement (`bench.inprocess`), so the
-peer differs from our inline gateway only in the serving framework around it.
+peer differs from our single-process gateway only in the serving framework around it.
 
 Run as its own process (the benchmark starts it):
 

@@ -111,7 +111,7 @@ def profile_variant(variant, users_file: Path, rate: float, seconds: float, k: i
         return {"skipped": "py-spy is not installed (pip install py-spy)"}
     workdir = Path(tempfile.mkdtemp(prefix="bench-pyspy-"))
     samplers = []
-    for process in _python_processes(variant.server.process.pid):
+    for process in (p for pid in variant.pids() for p in _python_processes(pid)):
         out = workdir / f"{process.pid}.txt"
         command = [
             spy,

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 
 from bench.http_load import SATURATION_CONNECTIONS
 
-FORM_ORDER = ("split", "inline", "kserve")
+FORM_ORDER = ("default", "split", "single", "kserve")
 RECALL_AXIS_FROM = 0.8  # recall-vs-QPS plots start here (lower points stay in the JSON)
 
 

@@ -34,8 +34,8 @@ PACKAGES = ("bentoml", "kserve", "scann", "faiss-cpu", "xgboost-cpu", "implicit"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
-        description="Benchmark the recommender: in process, over HTTP (split, inline, KServe "
-        "peer), capacity at the SLO, and ScaNN vs brute force vs FAISS HNSW.",
+        description="Benchmark the recommender: in process, over HTTP (default, split, single, "
+        "KServe peer), capacity at the SLO, and ScaNN vs brute force vs FAISS HNSW.",
     )
     parser.add_argument("--quick", action="store_true", help="Tiny sizes (the smoke test).")
     parser.add_argument("--items", type=int, help="Catalog size (default 100000).")
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--variants",
-        help="Served forms, comma-separated (default split,inline,kserve; e.g. add inline-w2).",
+        help="Served forms, comma-separated (default: default,split,single,kserve; e.g. add "
+        "single-w2).",
     )
     parser.add_argument("--skip-http", action="store_true", help="Skip sections 2, 3 and 5.")
     parser.add_argument("--skip-ann", action="store_true", help="Skip section 4.")

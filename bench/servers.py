@@ -1,14 +1,17 @@
 """The served variants under test, each started as real processes on a free 127.0.0.1 port.
 
-- split:  `services.recommender:Recommender` - gateway, Retrieval and Ranking as three
-          processes with HTTP between them (one `bentoml serve`, as `recsys serve` runs it);
-- inline: `services.inline:InlineRecommender` - the same API, both stages in the gateway;
-- kserve: the peer, one KServe `ModelServer` model (`bench.kserve_peer`).
+- default: the chart's two deployments - Retrieval in its own process, the gateway with Ranking
+           inside it, HTTP between them (what `recsys serve` runs);
+- split:   gateway, Retrieval and Ranking as three processes (the chart's `ranking.separate`);
+- single:  the same API with both stages inside the gateway (one process);
+- kserve:  the peer, one KServe `ModelServer` model (`bench.kserve_peer`).
 
-A `-wN` suffix runs N workers per service (e.g. `inline-w2`). All of them load the same stored
-models, freeze the garbage collector's heap after loading them (the services do it in
-`recsys.serving.BackgroundModel`, the peer in its own `load`), log no line per request and shed
-no load (RECSYS_*_MAX_IN_FLIGHT=0), so capacity is limited by the work, not by a limit.
+The BentoML forms are started by `recsys.stack.start_stack`, as the image runs each service
+(`start-http-server`). A `-wN` suffix runs N workers per service (e.g. `single-w2`). All of
+them load the same stored models, freeze the garbage collector's heap after loading them (the
+services do it in `recsys.serving.BackgroundModel`, the peer in its own `load`), log no line
+per request and shed no load (RECSYS_*_MAX_IN_FLIGHT=0), so capacity is limited by the work,
+not by a limit.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ import psutil
 from bench.kserve_peer import MODEL_NAME
 from bench.models import TrainedModels
 from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
-from recsys.stack import GATEWAY, INLINE_GATEWAY, REPO_ROOT, ServerProcess, free_port, start_all
+from recsys.stack import REPO_ROOT, ServerProcess, Stack, free_port, start_stack
 
 READY_TIMEOUT_S = 300.0
 
 LABELS = {
+    "default": "BentoML default (gateway with Ranking + Retrieval, 2 processes)",
     "split": "BentoML split (gateway + Retrieval + Ranking, 3 processes)",
-    "inline": "BentoML inline (one process)",
+    "single": "BentoML single process (gateway with both stages)",
     "kserve": "KServe ModelServer peer (one process)",
 }
 
@@ -70,7 +74,7 @@ class Variant:
     """One running server: where to send recommend requests and which processes to charge."""
 
     name: str
-    server: ServerProcess
+    server: ServerProcess | Stack
     path: str
     body_format: str
     workers: int
@@ -85,6 +89,9 @@ class Variant:
         return f"{self.server.url}{self.path}"
 
     def pids(self) -> list[int]:
+        """The root process of each server (the gateway and every stage apart from it)."""
+        if isinstance(self.server, Stack):
+            return [server.process.pid for server in self.server.servers.values()]
         return [self.server.process.pid]
 
     def recommend(self, user_id: str, k: int, timeout: float = 10.0) -> list[dict]:
@@ -121,9 +128,8 @@ def bento_env(models: TrainedModels, workers: int) -> dict[str, str]:
 
 
 def start_bento(name: str, models: TrainedModels, log_dir: Path, workers: int = 1) -> Variant:
-    """Start the split or inline BentoML stack (returns at once; `wait` blocks until ready)."""
-    gateway = {"split": GATEWAY, "inline": INLINE_GATEWAY}[name]
-    server = start_all(free_port(), bento_env(models, workers), log_dir=log_dir, gateway=gateway)
+    """Start a BentoML form (returns at once; `wait` blocks until ready)."""
+    server = start_stack(free_port(), bento_env(models, workers), log_dir=log_dir, form=name)
 
     def wait(timeout: float) -> None:
         server.wait_ready(timeout)
@@ -223,11 +229,11 @@ def stop_variants(variants: dict[str, Variant]) -> None:
     stop so that such a worker is still found (psutil checks the PID was not reused).
     """
     for variant in variants.values():
-        try:
-            root = psutil.Process(variant.server.process.pid)
-            tree = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
+        tree = []
+        for pid in variant.pids():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(pid)
+                tree += [root, *root.children(recursive=True)]
         variant.stop()
         for process in tree:
             with contextlib.suppress(psutil.NoSuchProcess):

@@ -296,7 +296,7 @@ def serve(
     from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
     from recsys.errors import ModelMissingError, StackNotReadyError
     from recsys.serving import ServingSettings
-    from recsys.stack import start_all
+    from recsys.stack import start_stack
 
     settings = ServingSettings()
     try:
@@ -319,7 +319,7 @@ def serve(
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)  # stop the stack's process group too
     started = time.monotonic()
-    server = start_all(port, log_dir=Path("reports/logs"))
+    server = start_stack(port, log_dir=Path("reports/logs"))
     try:
         with console.status(f"starting the stack on {server.url} (log: {server.log_path})"):
             server.wait_ready(ready_timeout)
@@ -335,10 +335,8 @@ def serve(
         )
         console.print(f"  OpenAPI docs: {server.url}/docs   metrics: {server.url}/metrics")
         console.print("Ctrl+C stops the stack.")
-        if server.process.wait() != 0:
-            raise StackNotReadyError(
-                f"the stack exited with code {server.process.returncode} (log: {server.log_path})"
-            )
+        if (code := server.wait()) != 0:
+            raise StackNotReadyError(f"the stack exited with code {code} (log: {server.log_path})")
     except KeyboardInterrupt:
         console.print("stopping")
     finally:

@@ -6,13 +6,12 @@ calls in the split deployment, direct calls in the inline one).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from recsys.serving import ServingSettings, cap_categories, fallback_reason
+from recsys.serving import ServingSettings, fallback_reason, top_k_items
 from recsys.tracing import SpanKind, hash_id, mark_error, set_attributes, tracer
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -75,8 +74,11 @@ class CircuitBreaker:
             self._set(OPEN)
 
 
+# retrieve(user_id, k, exclude) -> {"candidates": columns, "model_version"}: columns as
+# `RetrievalModel.retrieve_columns` gives them (item_ids, scores, sources, categories, ...).
 RetrieveCall = Callable[[str, int, list[str]], Awaitable[dict]]
-RankCall = Callable[[str, list[dict]], Awaitable[dict]]
+# rank(user_id, columns) -> {"order", "scores", "model_version"} as `serving.rank_columns`.
+RankCall = Callable[[str, dict[str, list]], Awaitable[dict]]
 SimilarCall = Callable[[str, int], Awaitable[dict]]
 FallbackHook = Callable[[str, str, BaseException], None]
 
@@ -93,6 +95,9 @@ class RecommendPipeline:
     popular_version: Callable[[], str]
     on_fallback: FallbackHook
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    # Stages running in this process: called directly, with no timeout (their work is
+    # synchronous and cannot be interrupted) and no retry (there is no connection to lose).
+    in_process: frozenset[str] = frozenset()
 
     def breaker(self, stage: str) -> CircuitBreaker:
         if stage not in self.breakers:
@@ -102,9 +107,11 @@ class RecommendPipeline:
         return self.breakers[stage]
 
     async def call(self, stage: str, span_name: str, make_request, timeout: float) -> Any:
-        """One stage call: breaker check, CLIENT span, timeout; failures mark span and breaker."""
+        """One stage call: breaker check, span, timeout; failures mark span and breaker."""
         breaker = self.breaker(stage)
-        with tracer.start_as_current_span(span_name, kind=SpanKind.CLIENT) as span:
+        local = stage in self.in_process
+        kind = SpanKind.INTERNAL if local else SpanKind.CLIENT
+        with tracer.start_as_current_span(span_name, kind=kind) as span:
             if not breaker.allow():
                 exc = CircuitOpenError(f"{stage} circuit is open")
                 mark_error(span, exc)
@@ -121,7 +128,7 @@ class RecommendPipeline:
                     return await make_request()
 
             try:
-                result = await asyncio.wait_for(attempt(), timeout)
+                result = await (make_request() if local else asyncio.wait_for(attempt(), timeout))
             except Exception as exc:
                 breaker.record_failure()
                 mark_error(span, exc)
@@ -134,9 +141,15 @@ class RecommendPipeline:
         self.on_fallback(stage, reason, exc)
         degraded.append({"stage": stage, "reason": reason})
 
-    def popular_candidates(self, exclude: set[str], limit: int) -> list[dict]:
-        items = (item for item in self.popular() if item["item_id"] not in exclude)
-        return [{**item, "source": "popular"} for item in itertools.islice(items, limit)]
+    def popular_candidates(self, exclude: set[str], limit: int) -> dict[str, list]:
+        """The first `limit` trending items not in `exclude`, as candidate columns."""
+        rows = [item for item in self.popular() if item["item_id"] not in exclude][:limit]
+        return {
+            "item_ids": [item["item_id"] for item in rows],
+            "scores": [item["score"] for item in rows],
+            "sources": ["popular"] * len(rows),
+            "categories": [item.get("category", "") for item in rows],
+        }
 
     async def recommend(self, user_id: str, k: int, exclude_items: list[str]) -> dict:
         """retrieve -> rank -> cap categories -> top k; each stage falls back on failure."""
@@ -156,7 +169,7 @@ class RecommendPipeline:
             self._fallback("retrieval", exc, degraded)
             with tracer.start_as_current_span("popularity_fallback") as span:
                 candidates = self.popular_candidates(set(exclude_items), settings.num_candidates)
-                set_attributes(span, candidates=len(candidates))
+                set_attributes(span, candidates=len(candidates["item_ids"]))
             versions["popularity"] = self.popular_version()
         try:
             ranked = await self.call(
@@ -165,27 +178,26 @@ class RecommendPipeline:
                 lambda: self.rank(user_id, candidates),
                 settings.ranking_timeout_s,
             )
-            items = [item for item in ranked["items"] if item["score"] is not None]
+            with tracer.start_as_current_span("rerank") as span:
+                items = top_k_items(
+                    candidates, ranked["order"], ranked["scores"], k, settings.category_cap
+                )
+                set_attributes(span, category_cap=settings.category_cap, returned=len(items))
             versions["ranking"] = ranked["model_version"]
         except Exception as exc:
             self._fallback("ranking", exc, degraded)
-            items = candidates
-        with tracer.start_as_current_span("rerank") as span:
-            top = cap_categories(items, k, settings.category_cap)
-            set_attributes(span, category_cap=settings.category_cap, returned=len(top))
+            order = range(len(candidates["item_ids"]))
+            items = top_k_items(candidates, order, candidates["scores"], k, settings.category_cap)
         set_attributes(
             user_hash=hash_id(user_id),
             k=k,
-            candidates=len(candidates),
+            candidates=len(candidates["item_ids"]),
             degraded=bool(degraded),
             fallback_reason=",".join(f"{d['stage']}:{d['reason']}" for d in degraded) or None,
             **{f"model_version.{stage}": version for stage, version in versions.items()},
         )
         return {
-            "items": [
-                {"item_id": i["item_id"], "score": i["score"], "category": i.get("category", "")}
-                for i in top
-            ],
+            "items": items,
             "model_versions": versions,
             "degraded": bool(degraded),
             "degraded_reasons": degraded,
@@ -206,9 +218,12 @@ class RecommendPipeline:
             versions, source = {"retrieval": found["model_version"]}, found["source"]
         except Exception as exc:
             self._fallback("retrieval", exc, degraded)
+            popular = self.popular_candidates({item_id}, k)
             items = [
-                {"item_id": i["item_id"], "score": i["score"], "category": i.get("category", "")}
-                for i in self.popular_candidates({item_id}, k)
+                {"item_id": item, "score": score, "category": category}
+                for item, score, category in zip(
+                    popular["item_ids"], popular["scores"], popular["categories"], strict=True
+                )
             ]
             versions, source = {"popularity": self.popular_version()}, "popular"
         return {

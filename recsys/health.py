@@ -168,6 +168,7 @@ def build_snapshot(
         seed: sampling seed.
     """
     from recsys.data import schema
+    from recsys.serving import rank_columns
 
     timestamps = events[schema.TIMESTAMP]
     valid = timestamps.notna()
@@ -182,18 +183,12 @@ def build_snapshot(
     unknown_users = 0
     for user_id in users.tolist():
         unknown_users += retrieval.users.index_of(user_id) < 0
-        candidates = retrieval.retrieve(user_id, count)
-        scores = np.array([c["score"] for c in candidates], dtype=np.float64)
-        ranked = ranker.score(
-            user_id,
-            [c["item_id"] for c in candidates],
-            scores.tolist(),
-            [c["source"] == "popular" for c in candidates],
-        )
-        retrieval_scores.append(scores)
-        ranking_scores.append(ranked[np.isfinite(ranked)])
-        order = np.argsort(-ranked, kind="stable")[:top_k]
-        top_categories.extend(candidates[i]["category"] for i in order.tolist())
+        # exactly what the Retrieval and Ranking stages compute and observe per request
+        columns = retrieval.retrieve_columns(user_id, count)
+        verdict = rank_columns(ranker, user_id, columns)
+        retrieval_scores.append(np.asarray(columns["scores"], dtype=np.float64))
+        ranking_scores.append(np.asarray(verdict["scores"], dtype=np.float64))
+        top_categories.extend(columns["categories"][i] for i in verdict["order"][:top_k])
     n = max(len(users), 1)
     return TrainingSnapshot(
         data_end=end.timestamp(),
@@ -412,24 +407,28 @@ class ModelHealth:
             self.on_age(self.version, self.data_end, max(0.0, now - self.data_end))
         return self.monitor
 
+    @property
+    def top_k(self) -> int:
+        """How many top-ranked items make the category mix (the snapshot's)."""
+        return self.monitor.snapshot.top_k if self.monitor is not None else 10
+
     def on_retrieval(
         self,
         version: str,
         known_user: bool,
-        candidates: Sequence[dict],
-        exclude_items: Sequence[str] = (),
-        unknown_excluded: int = 0,
+        scores: Sequence[float],
+        named_items: int = 0,
+        unknown_items: int = 0,
     ) -> None:
-        """One retrieval answer (candidates as the Retrieval service returns them)."""
+        """One retrieval answer: was the user known, the candidates' scores, and how many of
+        the items the request named (exclusions) the model does not know."""
         monitor = self.refresh(version)
         if monitor is not None:
-            scores = [c["score"] for c in candidates]
-            monitor.observe_retrieval(known_user, scores, unknown_excluded, len(exclude_items))
+            monitor.observe_retrieval(known_user, scores, unknown_items, named_items)
 
-    def on_ranking(self, version: str, items: Sequence[dict]) -> None:
-        """One ranking answer (items in rank order, score None for items the model lacks)."""
+    def on_ranking(self, version: str, scores: Sequence[float], top: Sequence[str]) -> None:
+        """One ranking answer: the scores of the items it ranked and the categories of its
+        first `top_k`, best first."""
         monitor = self.refresh(version)
         if monitor is not None:
-            scores = [i["score"] for i in items if i["score"] is not None]
-            top = [i.get("category", "") for i in items[: monitor.snapshot.top_k]]
             monitor.observe_ranking(scores, top)

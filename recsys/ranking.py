@@ -7,6 +7,7 @@ with one batched prediction per request.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import xgboost as xgb
 
 from recsys.features import FEATURE_NAMES, FeatureTables, assemble_features
-from recsys.retrieval import Candidates
+from recsys.retrieval import SOURCE_ANN, SOURCE_POPULAR, Candidates
 from recsys.tracing import set_attributes, tracer
 from recsys.vocab import Vocabulary
 
@@ -165,15 +166,43 @@ class Ranker:
         self, user_id: str, item_ids: list[str], scores: list[float], from_popular: list[bool]
     ) -> np.ndarray:
         """One score per candidate; items unknown to the model get -inf (ranked last)."""
+        sources = [SOURCE_POPULAR if popular else SOURCE_ANN for popular in from_popular]
+        columns = {"item_ids": item_ids, "scores": scores, "sources": sources}
+        return self.score_columns(user_id, columns)
+
+    def score_columns(self, user_id: str, columns: dict[str, list]) -> np.ndarray:
+        """One score per candidate of `RetrievalModel.retrieve_columns`' columns (-inf: unknown)."""
+        return self.score_columns_many([(user_id, columns)])[0]
+
+    def score_columns_many(
+        self, requests: Sequence[tuple[str, dict[str, list]]]
+    ) -> list[np.ndarray]:
+        """`score_columns` for several requests (user id, columns) with one model prediction:
+        XGBoost's fixed cost per call is paid once for the batch."""
         with tracer.start_as_current_span("feature_assembly") as span:
-            features, known = self.features_for(user_id, item_ids, scores, from_popular)
-            set_attributes(span, rows=int(known.sum()), unknown_items=int((~known).sum()))
-        out = np.full(len(item_ids), -np.inf, dtype=np.float32)
-        if known.any():
+            prepared = [
+                self.features_for(
+                    user_id,
+                    columns["item_ids"],
+                    columns["scores"],
+                    [source == SOURCE_POPULAR for source in columns["sources"]],
+                )
+                for user_id, columns in requests
+            ]
+            rows = sum(int(known.sum()) for _, known in prepared)
+            unknown = sum(int((~known).sum()) for _, known in prepared)
+            set_attributes(span, rows=rows, unknown_items=unknown, requests=len(requests))
+        scored = [np.full(len(known), -np.inf, dtype=np.float32) for _, known in prepared]
+        if rows:
             with tracer.start_as_current_span("model_prediction") as span:
-                out[known] = self.predict(features)
-                set_attributes(span, rows=int(known.sum()), trees=self._iteration_range[1])
-        return out
+                predictions = self.predict(np.vstack([features for features, _ in prepared]))
+                set_attributes(span, rows=rows, trees=self._iteration_range[1])
+            start = 0
+            for out, (_, known) in zip(scored, prepared, strict=True):
+                count = int(known.sum())
+                out[known] = predictions[start : start + count]
+                start += count
+        return scored
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)

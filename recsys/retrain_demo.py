@@ -3,7 +3,7 @@
 1. Synthetic data at the default size whose last day ends now; every day but the last is
    "yesterday's" log, the last day is held back as the new day.
 2. Yesterday's model: `recsys retrain` on yesterday's log (first run: no stable to compare).
-3. Yesterday's model serves (inline gateway on 127.0.0.1); its freshness gauge is read.
+3. Yesterday's model serves (single-process stack on 127.0.0.1); its freshness gauge is read.
 4. The new day arrives as interactions/<day>.parquet; `recsys retrain` checks it, trains,
    gates, preflights against the serving model and starts a canary (dry-run helm steps).
 5. The candidate serves (as its canary pods would); the freshness gauge has reset.
@@ -62,14 +62,15 @@ def _recommend(url: str, user_id: str) -> dict:
 
 
 def _serve_and_read_age(tags: dict[str, str], users: list[str], log_dir: Path) -> dict[str, float]:
-    from recsys.stack import INLINE_GATEWAY, free_port, start_all
+    from recsys.stack import free_port, start_stack
 
     env = {
         "RECSYS_RETRIEVAL_MODEL_TAG": tags["retrieval"],
         "RECSYS_RANKING_MODEL_TAG": tags["ranking"],
         "RECSYS_ACCESS_LOG": "false",
     }
-    server = start_all(free_port(), env, log_dir=log_dir, gateway=INLINE_GATEWAY)
+    # the single-process form: both stages in the gateway (quickest to start)
+    server = start_stack(free_port(), env, log_dir=log_dir, form="single")
     try:
         server.wait_ready(180)
         server.wait_stages(180)

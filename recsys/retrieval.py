@@ -247,6 +247,20 @@ def load_searcher(directory: Path):
     return pybind.ScannSearcher(pybind.scann_pybind.ScannNumpy(str(directory), text), None)
 
 
+def candidate_rows(columns: dict[str, list]) -> list[dict]:
+    """Candidate columns as one dict `{item_id, score, source, category}` per candidate."""
+    return [
+        {"item_id": item, "score": score, "source": source, "category": category}
+        for item, score, source, category in zip(
+            columns["item_ids"],
+            columns["scores"],
+            columns["sources"],
+            columns["categories"],
+            strict=True,
+        )
+    ]
+
+
 @dataclass
 class Candidates:
     """Retrieved items for one user, in retrieval order."""
@@ -367,6 +381,25 @@ class RetrievalModel:
             np.concatenate([np.zeros(len(ann_idx), bool), np.ones(len(pop_idx), bool)]),
         )
 
+    def retrieve_columns(
+        self,
+        user_id: str,
+        k: int,
+        exclude_items: list[str] | tuple[str, ...] = (),
+        exclude_seen: bool = True,
+    ) -> dict[str, list]:
+        """Served candidates for a user id (unknown users allowed), as columns.
+
+        `item_ids`, `scores`, `sources`, `categories`: one list entry per candidate, in retrieval
+        order. This is what crosses the gateway-retrieval hop and what `Ranker.score_columns`
+        reads; a column added here travels to the ranker untouched.
+        """
+        exclude = self.items.lookup(list(exclude_items)) if exclude_items else None
+        if exclude is not None:
+            exclude = exclude[exclude >= 0]
+        found = self.retrieve_indices(self.users.index_of(user_id), k, exclude, exclude_seen)
+        return self.columns(found)
+
     def retrieve(
         self,
         user_id: str,
@@ -374,36 +407,28 @@ class RetrievalModel:
         exclude_items: list[str] | tuple[str, ...] = (),
         exclude_seen: bool = True,
     ) -> list[dict]:
-        """Candidates as dicts `{item_id, score, source}` for a user id (unknown users allowed)."""
-        exclude = self.items.lookup(list(exclude_items)) if exclude_items else None
-        if exclude is not None:
-            exclude = exclude[exclude >= 0]
-        found = self.retrieve_indices(self.users.index_of(user_id), k, exclude, exclude_seen)
-        return self.describe(found)
+        """`retrieve_columns` as one dict `{item_id, score, source, category}` per candidate."""
+        return candidate_rows(self.retrieve_columns(user_id, k, exclude_items, exclude_seen))
 
     def category_of(self, item_idx: np.ndarray) -> list[str]:
         if self.item_categories is None:
             return [""] * len(item_idx)
         return self.item_categories[item_idx].tolist()
 
-    def describe(self, found: Candidates) -> list[dict]:
-        """Candidates as dicts `{item_id, score, source, category}`."""
-        ids = self.items.ids[found.item_idx].tolist()
-        categories = self.category_of(found.item_idx)
-        sources = np.where(found.from_popular, SOURCE_POPULAR, SOURCE_ANN).tolist()
-        return [
-            {"item_id": item, "score": score, "source": source, "category": category}
-            for item, score, source, category in zip(
-                ids, found.scores.tolist(), sources, categories, strict=True
-            )
-        ]
+    def columns(self, found: Candidates) -> dict[str, list]:
+        """Candidates as the columns `item_ids`, `scores`, `sources`, `categories`."""
+        return {
+            "item_ids": self.items.ids[found.item_idx].tolist(),
+            "scores": found.scores.tolist(),
+            "sources": np.where(found.from_popular, SOURCE_POPULAR, SOURCE_ANN).tolist(),
+            "categories": self.category_of(found.item_idx),
+        }
 
     def popular_list(self, k: int) -> list[dict]:
         """The first k trending items, for callers that must answer without this model."""
         top = self.popular_idx[:k]
-        return self.describe(
-            Candidates(top, self.popular_scores[:k], np.ones(len(top), dtype=bool))
-        )
+        found = Candidates(top, self.popular_scores[:k], np.ones(len(top), dtype=bool))
+        return candidate_rows(self.columns(found))
 
     def similar_items(self, item_id: str, k: int) -> list[dict] | None:
         """Items closest to `item_id` by cosine of item embeddings; None for an unknown item."""

@@ -50,6 +50,16 @@ class ServingSettings(BaseSettings):
     max_k: int = Field(100, ge=1, le=1000, description="Largest k a caller may ask for.")
     max_exclude_items: int = Field(500, ge=0, description="Longest exclude_items list accepted.")
     max_batch_users: int = Field(64, ge=1, description="Most users in one recommend_batch call.")
+    rank_batching: bool = Field(
+        True, description="Concurrent requests share one ranking prediction (micro-batching)."
+    )
+    rank_batch_max: int = Field(16, ge=1, description="Most requests in one ranking batch.")
+    rank_batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a ranking batch waits for more requests (0: only those already"
+        " waiting, at the event loop's next turn).",
+    )
     max_request_bytes: int = Field(262_144, ge=1024, description="Largest request body accepted.")
     retrieval_timeout_s: float = Field(0.5, gt=0, description="Gateway timeout for retrieval.")
     ranking_timeout_s: float = Field(0.5, gt=0, description="Gateway timeout for ranking.")
@@ -115,29 +125,45 @@ async def inject_faults(settings: ServingSettings) -> None:
         raise InjectedFault("injected fault (RECSYS_FAULT_ERROR_RATE)")
 
 
-def cap_categories(items: Sequence[dict], k: int, cap: int) -> list[dict]:
-    """Top k of a ranked list with at most `cap` items per category.
+def cap_categories(categories: Sequence[str], k: int, cap: int) -> list[int]:
+    """Positions of the top k of a ranked list with at most `cap` items per category.
 
-    Items over the cap are set aside and used, in rank order, only when the list would
-    otherwise be shorter than k: diversity never costs the caller items. `cap=0` disables it.
+    `categories` is the ranked list's category column. Items over the cap are set aside and
+    used, in rank order, only when the list would otherwise be shorter than k: diversity never
+    costs the caller items. `cap=0` disables it.
     """
     if cap <= 0:
-        return list(items[:k])
-    taken: list[dict] = []
-    overflow: list[dict] = []
+        return list(range(min(k, len(categories))))
+    taken: list[int] = []
+    overflow: list[int] = []
     per_category: Counter[str] = Counter()
-    for item in items:
+    for position, category in enumerate(categories):
         if len(taken) == k:
             break
-        category = item.get("category") or ""
         if category and per_category[category] >= cap:
-            overflow.append(item)
+            overflow.append(position)
             continue
         per_category[category] += 1
-        taken.append(item)
+        taken.append(position)
     if len(taken) < k:
         taken.extend(overflow[: k - len(taken)])
     return taken
+
+
+def top_k_items(
+    candidates: dict[str, list], order: Sequence[int], scores: Sequence[float], k: int, cap: int
+) -> list[dict]:
+    """The answer's items: candidates in `order` (with their `scores`), category-capped, top k."""
+    item_ids, categories = candidates["item_ids"], candidates["categories"]
+    ranked_categories = [categories[position] for position in order]
+    return [
+        {
+            "item_id": item_ids[order[rank]],
+            "score": scores[rank],
+            "category": ranked_categories[rank],
+        }
+        for rank in cap_categories(ranked_categories, k, cap)
+    ]
 
 
 class ModelNotReady(RuntimeError):
@@ -205,29 +231,22 @@ class BackgroundModel:
         return self.model
 
 
-def rank_candidates(ranker, user_id: str, candidates: list[dict]) -> list[dict]:
-    """Candidates (dicts from retrieval) ordered by the ranker's score, unknown items last."""
+def rank_columns(ranker, user_id: str, candidates: dict[str, list]) -> dict[str, list]:
+    """The ranker's verdict on candidate columns: `order` (positions in `candidates`, best
+    first) and their `scores`. Items the ranker does not know are left out."""
+    return rank_columns_many(ranker, [(user_id, candidates)])[0]
+
+
+def rank_columns_many(ranker, requests: list[tuple[str, dict[str, list]]]) -> list[dict]:
+    """`rank_columns` for several requests with one model prediction."""
     import numpy as np
 
-    if not candidates:
-        return []
-    scores = ranker.score(
-        user_id,
-        [c["item_id"] for c in candidates],
-        [c.get("score", 0.0) for c in candidates],
-        [c.get("source") == "popular" for c in candidates],
-    )
-    order = np.argsort(-scores, kind="stable")
-    return [
-        {
-            "item_id": candidates[i]["item_id"],
-            "score": float(scores[i]) if np.isfinite(scores[i]) else None,
-            "retrieval_score": candidates[i].get("score", 0.0),
-            "source": candidates[i].get("source", "ann"),
-            "category": candidates[i].get("category", ""),
-        }
-        for i in order.tolist()
-    ]
+    verdicts = []
+    for scores in ranker.score_columns_many(requests):
+        order = np.argsort(-scores, kind="stable")
+        order = order[np.isfinite(scores[order])]
+        verdicts.append({"order": order.tolist(), "scores": scores[order].tolist()})
+    return verdicts
 
 
 def fallback_reason(exc: BaseException) -> str:
@@ -239,6 +258,8 @@ def fallback_reason(exc: BaseException) -> str:
     """
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return "timeout"
+    if isinstance(exc, ModelNotReady):  # an in-process stage whose model is not loaded
+        return "not_ready"
     status = getattr(exc, "error_code", None)
     if status == 503:
         return "overloaded" if "overloaded" in str(exc) else "not_ready"

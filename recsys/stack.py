@@ -1,10 +1,13 @@
-"""Start and stop the serving stack as real processes on 127.0.0.1.
+"""Start and stop the serving stack as real processes on 127.0.0.1, as the chart runs it.
 
-Used by `recsys serve`, the tests, the load tests and the canary rehearsal. Two forms:
+Used by `recsys serve`, the tests, the load tests, the benchmark and the canary rehearsal.
+Every service runs as the image runs it in Kubernetes (`start-http-server`, stages with
+`--service-name <Name>`, the gateway with `--depends <Name>=<url>` for each remote stage). The
+forms (`FORMS`) differ in which stages run in processes of their own:
 
-- `serve_all`: one `bentoml serve` that runs the gateway and both stages (local development).
-- `serve_split`: each service in its own process, as in Kubernetes: the stages with
-  `start-http-server --service-name <Name>`, the gateway with `--depends <Name>=<url>`.
+- `default`: Retrieval apart, Ranking inside the gateway (the chart's two deployments);
+- `split`: Retrieval and Ranking apart (the chart's `ranking.separate` option);
+- `single`: both stages inside the gateway (one process, no hop).
 """
 
 from __future__ import annotations
@@ -29,8 +32,14 @@ from recsys.errors import StackNotReadyError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = "services.recommender:Recommender"
-INLINE_GATEWAY = "services.inline:InlineRecommender"
 STAGES = ("Retrieval", "Ranking")
+# Stages that run in processes of their own, by form; the others run inside the gateway.
+FORMS: dict[str, tuple[str, ...]] = {
+    "default": ("Retrieval",),
+    "split": ("Retrieval", "Ranking"),
+    "single": (),
+}
+DEFAULT_FORM = "default"
 # What `recsys.serving.BackgroundModel` logs when a model cannot be loaded.
 _LOAD_FAILURE = re.compile(r"(?P<stage>\w+) model failed to load, staying unready: (?P<error>.*)")
 
@@ -213,18 +222,6 @@ def _launch(
     return ServerProcess(name, port, process, log_path, dict(env or {}))
 
 
-def start_all(
-    port: int,
-    env: Mapping[str, str] | None = None,
-    log_dir: Path = Path("/tmp/recsys-logs"),
-    gateway: str = GATEWAY,
-) -> ServerProcess:
-    """`bentoml serve` of a gateway: the split one starts both stages as local processes, the
-    inline one (`INLINE_GATEWAY`) runs them inside its own process."""
-    args = ["bentoml", "serve", gateway, "--host", "127.0.0.1", "--port", str(port)]
-    return _launch("stack", args, port, env, log_dir)
-
-
 def start_service(
     name: str,
     port: int,
@@ -244,22 +241,32 @@ def start_service(
         "--working-dir",
         str(REPO_ROOT),
     ]
-    if name != "Recommender":
-        args += ["--service-name", name]
+    # Named even for the gateway: without --service-name, BentoML starts every stage left out of
+    # --depends as a process of its own instead of running it inside the gateway.
+    args += ["--service-name", name]
     for dependency, url in (depends or {}).items():
         args += ["--depends", f"{dependency}={url}"]
     return _launch(name, args, port, env, log_dir)
 
 
+def start_all(
+    port: int,
+    env: Mapping[str, str] | None = None,
+    log_dir: Path = Path("/tmp/recsys-logs"),
+    service: str = GATEWAY,
+) -> ServerProcess:
+    """`bentoml serve` of a service, as in local development: for the gateway, BentoML starts
+    both stages as processes of its own, reached over Unix sockets."""
+    args = ["bentoml", "serve", service, "--host", "127.0.0.1", "--port", str(port)]
+    return _launch("stack", args, port, env, log_dir)
+
+
 @contextlib.contextmanager
 def serve_all(
-    env: Mapping[str, str] | None = None,
-    port: int | None = None,
-    timeout: float = 120.0,
-    gateway: str = GATEWAY,
+    env: Mapping[str, str] | None = None, timeout: float = 120.0
 ) -> Iterator[ServerProcess]:
-    """Run the whole stack in one `bentoml serve`; yields once the gateway and stages are ready."""
-    server = start_all(port or free_port(), env, gateway=gateway)
+    """`start_all`, once the gateway and both stages are ready; stopped on exit."""
+    server = start_all(free_port(), env)
     try:
         server.wait_ready(timeout)
         server.wait_stages(timeout)
@@ -268,29 +275,131 @@ def serve_all(
         server.stop()
 
 
-@contextlib.contextmanager
-def serve_split(
+@dataclass
+class Stack:
+    """The processes of one serving stack: the gateway and the stages running apart from it.
+
+    Reads like the gateway's `ServerProcess` (url, port, log, wait_ready, stop) while looking
+    after every process: a stage that fails to load or exits is reported, and stop takes all.
+    """
+
+    form: str
+    servers: dict[str, ServerProcess]
+
+    def __getitem__(self, name: str) -> ServerProcess:
+        return self.servers[name]
+
+    @property
+    def gateway(self) -> ServerProcess:
+        return self.servers["Recommender"]
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    @property
+    def port(self) -> int:
+        return self.gateway.port
+
+    @property
+    def log_path(self) -> Path:
+        return self.gateway.log_path
+
+    def log(self) -> str:
+        return self.gateway.log()
+
+    def alive(self) -> bool:
+        return all(server.alive() for server in self.servers.values())
+
+    def load_failure(self) -> re.Match[str] | None:
+        return next((m for server in self.servers.values() if (m := server.load_failure())), None)
+
+    def _check(self) -> None:
+        """Raise for the first process that exited or whose model failed to load."""
+        for server in self.servers.values():
+            if not server.alive() or server.load_failure():
+                raise server._not_ready("not ready")
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Block until every process answers /readyz 200 (stages first, then the gateway)."""
+        deadline = time.monotonic() + timeout
+        for server in self.servers.values():
+            self._check()
+            server.wait_ready(max(deadline - time.monotonic(), 0.1))
+
+    def wait_stages(self, timeout: float = 90.0) -> None:
+        self._check()
+        self.gateway.wait_stages(timeout)
+
+    def wait(self) -> int:
+        """Block until one of the processes exits; its exit code."""
+        while True:
+            for server in self.servers.values():
+                code = server.process.poll()
+                if code is not None:
+                    return code
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the gateway first (no calls to stopped stages), then the stages."""
+        for server in reversed(list(self.servers.values())):
+            server.stop(timeout)
+
+
+def start_stack(
+    port: int,
     env: Mapping[str, str] | None = None,
+    log_dir: Path = Path("/tmp/recsys-logs"),
+    form: str = DEFAULT_FORM,
     stage_env: Mapping[str, Mapping[str, str]] | None = None,
     depends: Mapping[str, str] | None = None,
-    timeout: float = 120.0,
-) -> Iterator[dict[str, ServerProcess]]:
-    """Each service in its own process. `depends` overrides a stage's URL (e.g. a dead port)."""
+) -> Stack:
+    """Start a stack in `form` with the gateway on `port` (returns at once; see wait_ready).
+
+    `stage_env` adds variables per service ({"Ranking": {...}}: a stage in the gateway's
+    process takes the gateway's); `depends` points a remote stage at a given URL (e.g. a dead
+    port) instead of starting it.
+    """
+    if form not in FORMS:
+        raise ValueError(f"unknown stack form {form!r}; one of {', '.join(FORMS)}")
+    stage_env = stage_env or {}
+    urls = dict(depends or {})
     servers: dict[str, ServerProcess] = {}
     try:
-        urls = dict(depends or {})
-        for stage in STAGES:
+        for stage in FORMS[form]:
             if stage in urls:
                 continue
-            stage_vars = {**(env or {}), **((stage_env or {}).get(stage, {}))}
-            servers[stage] = start_service(stage, free_port(), stage_vars)
+            variables = {**(env or {}), **stage_env.get(stage, {})}
+            servers[stage] = start_service(stage, free_port(), variables, log_dir=log_dir)
             urls[stage] = servers[stage].url
-        for server in servers.values():
-            server.wait_ready(timeout)
-        gateway_env = {**(env or {}), **((stage_env or {}).get("Recommender", {}))}
-        servers["Recommender"] = start_service("Recommender", free_port(), gateway_env, urls)
-        servers["Recommender"].wait_ready(timeout)
-        yield servers
-    finally:
+        gateway_env = {**(env or {}), **stage_env.get("Recommender", {})}
+        servers["Recommender"] = start_service(
+            "Recommender", port, gateway_env, urls, log_dir=log_dir
+        )
+    except BaseException:
         for server in servers.values():
             server.stop()
+        raise
+    return Stack(form, servers)
+
+
+@contextlib.contextmanager
+def serve_stack(
+    env: Mapping[str, str] | None = None,
+    form: str = DEFAULT_FORM,
+    stage_env: Mapping[str, Mapping[str, str]] | None = None,
+    depends: Mapping[str, str] | None = None,
+    port: int | None = None,
+    timeout: float = 120.0,
+    wait_stages: bool = True,
+) -> Iterator[Stack]:
+    """A started stack, once every process is ready (and, by default, the gateway sees every
+    stage ready); stopped on exit."""
+    stack = start_stack(port or free_port(), env, form=form, stage_env=stage_env, depends=depends)
+    try:
+        stack.wait_ready(timeout)
+        if wait_stages:
+            stack.wait_stages(timeout)
+        yield stack
+    finally:
+        stack.stop()

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+_DICT_LOOKUP_MAX = 5000
+
 
 class Vocabulary:
     """An ordered set of string ids; the position of an id is its dense index."""
@@ -37,6 +39,9 @@ class Vocabulary:
 
     def lookup(self, keys: Iterable[str]) -> np.ndarray:
         """Indices of many ids (-1 for unknown ones)."""
+        if isinstance(keys, list | tuple) and len(keys) <= _DICT_LOOKUP_MAX:
+            # A request's few hundred ids: dict lookups take a fifth of pandas' fixed cost.
+            return np.fromiter((self._lookup.get(key, -1) for key in keys), np.int64, len(keys))
         return self._index.get_indexer(pd.Index(keys)).astype(np.int64)
 
     def save(self, path: str | Path) -> None:

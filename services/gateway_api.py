@@ -11,7 +11,7 @@ from pydantic import Field
 
 from recsys.gateway import RecommendPipeline
 from recsys.serving import ItemId, ModelNotReady, UserId, inject_faults
-from services.common import CIRCUIT_STATE, FALLBACKS, SETTINGS, bad_request
+from services.common import CIRCUIT_STATE, FALLBACKS, SETTINGS, json_answer, unavailable
 
 logger = logging.getLogger("recsys.gateway")
 K = Annotated[int, Field(ge=1, le=SETTINGS.max_k, description="How many items to return.")]
@@ -58,14 +58,14 @@ class GatewayAPI:
         user_id: UserId,
         k: K = 10,
         exclude_items: Exclusions = [],  # noqa: B006
-        ctx: bentoml.Context = None,
     ) -> dict:
         """Top-k items for a user; unknown users get cold-start (trending) results."""
         try:
             await inject_faults(SETTINGS)
-            return {"user_id": user_id, **await self.pipeline.recommend(user_id, k, exclude_items)}
+            answer = await self.pipeline.recommend(user_id, k, exclude_items)
         except ModelNotReady as exc:
-            return bad_request(ctx, str(exc), status=503)
+            return unavailable(str(exc))
+        return json_answer({"user_id": user_id, **answer})
 
     @bentoml.api
     async def recommend_batch(
@@ -73,7 +73,6 @@ class GatewayAPI:
         user_ids: BatchUsers,
         k: K = 10,
         exclude_items: Exclusions = [],  # noqa: B006
-        ctx: bentoml.Context = None,
     ) -> dict:
         """Top-k items for each of several users (the same exclusions apply to all)."""
         try:
@@ -82,19 +81,22 @@ class GatewayAPI:
                 *(self.pipeline.recommend(user_id, k, exclude_items) for user_id in user_ids)
             )
         except ModelNotReady as exc:
-            return bad_request(ctx, str(exc), status=503)
-        return {
-            "results": [
-                {"user_id": user_id, **result}
-                for user_id, result in zip(user_ids, results, strict=True)
-            ]
-        }
+            return unavailable(str(exc))
+        return json_answer(
+            {
+                "results": [
+                    {"user_id": user_id, **result}
+                    for user_id, result in zip(user_ids, results, strict=True)
+                ]
+            }
+        )
 
     @bentoml.api
-    async def similar_items(self, item_id: ItemId, k: K = 10, ctx: bentoml.Context = None) -> dict:
+    async def similar_items(self, item_id: ItemId, k: K = 10) -> dict:
         """Items similar to `item_id`; trending items when the item is unknown or retrieval down."""
         try:
             await inject_faults(SETTINGS)
-            return await self.pipeline.similar_items(item_id, k)
+            answer = await self.pipeline.similar_items(item_id, k)
         except ModelNotReady as exc:
-            return bad_request(ctx, str(exc), status=503)
+            return unavailable(str(exc))
+        return json_answer(answer)

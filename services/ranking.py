@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Self
 
 import bentoml
 import numpy as np
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsys.artifacts import RANKING_MODEL, load_ranker
-from recsys.serving import (
-    ItemId,
-    ModelNotReady,
-    UserId,
-    inject_faults,
-    rank_candidates,
-)
+from recsys.batching import MicroBatcher
+from recsys.serving import ItemId, UserId, rank_columns_many
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
+    RANK_BATCH_SIZE,
     SETTINGS,
     StageService,
-    bad_request,
-    json_answer,
     packed_model,
     protect,
     service_config,
@@ -31,20 +25,38 @@ from services.common import (
 MAX_CANDIDATES = 2000
 
 
-class Candidate(BaseModel):
-    """One retrieved item, as the Retrieval service returns it."""
+class CandidateColumns(BaseModel):
+    """Retrieved candidates as columns (`RetrievalModel.retrieve_columns`): every column has
+    one entry per candidate, so all have the same length. Columns beyond the four named ones
+    (features a ranker may read) pass through."""
 
-    item_id: ItemId
-    score: float = 0.0
-    source: Literal["ann", "popular"] = "ann"
-    category: Annotated[str, Field(max_length=128)] = ""
+    model_config = ConfigDict(extra="allow")
 
-    @field_validator("score")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("score must be a finite number")
-        return value
+    item_ids: Annotated[list[ItemId], Field(max_length=MAX_CANDIDATES)]
+    scores: Annotated[list[float], Field(max_length=MAX_CANDIDATES)]
+    sources: Annotated[list[Annotated[str, Field(max_length=32)]], Field(max_length=MAX_CANDIDATES)]
+    categories: Annotated[
+        list[Annotated[str, Field(max_length=128)]], Field(max_length=MAX_CANDIDATES)
+    ]
+
+    @model_validator(mode="after")
+    def _aligned(self) -> Self:
+        columns = {
+            "item_ids": self.item_ids,
+            "scores": self.scores,
+            "sources": self.sources,
+            "categories": self.categories,
+            **(self.model_extra or {}),
+        }
+        lengths = {
+            name: len(column) if isinstance(column, list) else None
+            for name, column in columns.items()
+        }
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"candidate columns differ in length: {lengths}")
+        if not all(math.isfinite(score) for score in self.scores):
+            raise ValueError("scores must be finite numbers")
+        return self
 
 
 def check_ranker(ranker) -> None:
@@ -63,29 +75,44 @@ class Ranking(StageService):
         self.start_loading(
             lambda: load_ranker(SETTINGS.ranking_model_tag), check_ranker, RANKING_MODEL
         )
+        self.batcher = (
+            MicroBatcher(
+                self.answer_rank_many,
+                SETTINGS.rank_batch_max,
+                SETTINGS.rank_batch_wait_ms / 1000,
+                on_batch=RANK_BATCH_SIZE.observe,
+            )
+            if SETTINGS.rank_batching
+            else None
+        )
 
-    @bentoml.api
-    async def rank(
-        self,
-        user_id: UserId,
-        candidates: Annotated[list[Candidate], Field(max_length=MAX_CANDIDATES)],
-        ctx: bentoml.Context = None,
-    ) -> dict:
-        """The candidates re-ordered by the ranker's score (unknown items last)."""
-        try:
-            ranker = self.loaded.get()
-        except ModelNotReady as exc:
-            return bad_request(ctx, str(exc), status=503)
-        await inject_faults(SETTINGS)
-        items = rank_candidates(ranker, user_id, [c.model_dump() for c in candidates])
-        self.health.on_ranking(self.loaded.version, items)
+    def answer_rank_many(self, requests: list[tuple[str, dict[str, list]]]) -> list[dict]:
+        """Several requests' verdicts from one model prediction (ModelNotReady fails all)."""
+        verdicts = rank_columns_many(self.loaded.get(), requests)
+        top_k = self.health.top_k
+        for (_, candidates), verdict in zip(requests, verdicts, strict=True):
+            categories = candidates["categories"]
+            top = [categories[i] for i in verdict["order"][:top_k]]
+            self.health.on_ranking(self.loaded.version, verdict["scores"], top)
+        return [{**verdict, "model_version": self.loaded.version} for verdict in verdicts]
+
+    async def answer_rank(self, user_id: str, candidates: dict[str, list]) -> dict:
         set_attributes(
             user_hash=hash_id(user_id),
-            candidates=len(candidates),
-            unknown_items=sum(item["score"] is None for item in items),
+            candidates=len(candidates["item_ids"]),
             model_version=self.loaded.version,
         )
-        return json_answer({"items": items, "model_version": self.loaded.version})
+        if self.batcher is None:
+            return self.answer_rank_many([(user_id, candidates)])[0]
+        return await self.batcher.submit((user_id, candidates))
+
+    @bentoml.api
+    async def rank(self, user_id: UserId, candidates: CandidateColumns) -> dict:
+        """The ranker's order of the candidates: `order` (positions in `candidates`, best
+        first) and `scores`; items the model does not know are left out."""
+        return await self.respond(
+            self.answer_rank, user_id=user_id, candidates=candidates.model_dump()
+        )
 
 
 protect(Ranking, "ranking", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)

@@ -1,8 +1,11 @@
-"""Recommender gateway (split form): Retrieval and Ranking are reached over HTTP.
+"""Recommender gateway: the public API over the Retrieval and Ranking stages.
 
-Locally one `bentoml serve services.recommender:Recommender` runs all three services. In
-Kubernetes each runs in its own pod from the same image; the gateway reaches the others with
-`--depends Retrieval=<url> --depends Ranking=<url>`.
+Where each stage runs is chosen at start, by which stages `--depends` names:
+- default (the chart's two deployments): `--depends Retrieval=<url>`. Ranking runs in this
+  process (no hop); Retrieval, memory-heavy and scaled on its own, is reached over HTTP;
+- separate ranking (a chart option): `--depends Retrieval=<url> --depends Ranking=<url>`;
+- single process (no `--depends`): both stages in this process.
+`bentoml serve services.recommender:Recommender` starts both stages as local processes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from recsys.serving import BackgroundModel
 from services.common import (
     MODEL_INFO,
     SETTINGS,
+    LocalStage,
     depends_on_stage,
     install_tracing,
     protect,
@@ -49,35 +53,45 @@ def breakers() -> dict[str, CircuitBreaker]:
     }
 
 
-# The gateway stays ready when a stage is down (no runner probe): its fallbacks answer then.
+# Ready when its own models are: the popularity list and every stage in this process. A remote
+# stage being down does not make it unready (no runner probe): its fallbacks answer then.
 @bentoml.service(name="Recommender", **service_config(runner_probe={"enabled": False}))
 class Recommender(GatewayAPI):
-    # JSON and the stage token on every call (services.common.StageDependency).
+    # A remote stage is called with JSON and the stage token (services.common.StageDependency).
     retrieval = depends_on_stage(Retrieval)
     ranking = depends_on_stage(Ranking)
 
     def __init__(self) -> None:
         install_tracing()
         self.popular = BackgroundModel("popularity", load_popular, check_popular)
+        # Resolving the stages (self.retrieval, self.ranking) starts loading in-process models.
+        self.stage_handles = (self.retrieval, self.ranking)
         self.pipeline = RecommendPipeline(
             settings=SETTINGS,
-            retrieve=lambda user_id, k, exclude: self.retrieval.to_async.retrieve(
+            retrieve=lambda user_id, k, exclude: self.retrieval.retrieve(
                 user_id=user_id, k=k, exclude_items=exclude
             ),
-            rank=lambda user_id, candidates: self.ranking.to_async.rank(
+            rank=lambda user_id, candidates: self.ranking.rank(
                 user_id=user_id, candidates=candidates
             ),
-            similar=lambda item_id, k: self.retrieval.to_async.similar_items(item_id=item_id, k=k),
+            similar=lambda item_id, k: self.retrieval.similar_items(item_id=item_id, k=k),
             popular=self.popular.get,
             popular_version=lambda: self.popular.version,
             on_fallback=count_fallback,
             breakers=breakers(),
+            in_process=frozenset(
+                stage
+                for stage, handle in (("retrieval", self.retrieval), ("ranking", self.ranking))
+                if isinstance(handle, LocalStage)
+            ),
         )
 
     def __is_ready__(self) -> bool:
+        in_process = [s for s in self.stage_handles if isinstance(s, LocalStage)]
+        ready = self.popular.ready and all(stage.ready for stage in in_process)
         if self.popular.ready:
             MODEL_INFO.labels("Recommender", self.popular.version, SETTINGS.track).set(1)
-        return self.popular.ready
+        return ready
 
     async def stage_status(self) -> dict:
         retrieval, ranking = await asyncio.gather(

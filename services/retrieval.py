@@ -8,13 +8,11 @@ import bentoml
 from pydantic import Field
 
 from recsys.artifacts import RETRIEVAL_MODEL, load_retrieval
-from recsys.serving import ItemId, ModelNotReady, UserId, inject_faults
+from recsys.serving import ItemId, UserId
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
     SETTINGS,
     StageService,
-    bad_request,
-    json_answer,
     packed_model,
     protect,
     service_config,
@@ -25,9 +23,9 @@ MAX_CANDIDATES = 2000
 
 def check_retrieval(model) -> None:
     """A cold and a warm query must both return candidates before the service is ready."""
-    if not model.retrieve("__readiness_probe__", 10):
+    if not model.retrieve_columns("__readiness_probe__", 10)["item_ids"]:
         raise RuntimeError("self-test: no candidates for an unknown user")
-    if len(model.users) and not model.retrieve(str(model.users.ids[0]), 10):
+    if len(model.users) and not model.retrieve_columns(str(model.users.ids[0]), 10)["item_ids"]:
         raise RuntimeError("self-test: no candidates for a known user")
 
 
@@ -41,6 +39,31 @@ class Retrieval(StageService):
             lambda: load_retrieval(SETTINGS.retrieval_model_tag), check_retrieval, RETRIEVAL_MODEL
         )
 
+    def answer_retrieve(
+        self,
+        user_id: str,
+        k: int = 200,
+        exclude_items: list[str] | tuple[str, ...] = (),
+        exclude_seen: bool = True,
+    ) -> dict:
+        model = self.loaded.get()
+        columns = model.retrieve_columns(user_id, k, exclude_items, exclude_seen)
+        user_idx = model.users.index_of(user_id)
+        cold = model.is_cold(user_idx)
+        unknown = sum(item not in model.items for item in exclude_items)
+        self.health.on_retrieval(
+            self.loaded.version, user_idx >= 0, columns["scores"], len(exclude_items), unknown
+        )
+        set_attributes(
+            user_hash=hash_id(user_id),
+            k=k,
+            candidates=len(columns["item_ids"]),
+            cold_start=cold,
+            excluded=len(exclude_items),
+            model_version=self.loaded.version,
+        )
+        return {"candidates": columns, "cold_start": cold, "model_version": self.loaded.version}
+
     @bentoml.api
     async def retrieve(
         self,
@@ -48,46 +71,19 @@ class Retrieval(StageService):
         k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES)] = 200,
         exclude_items: Annotated[list[ItemId], Field(max_length=SETTINGS.max_exclude_items)] = [],  # noqa: B006
         exclude_seen: bool = True,
-        ctx: bentoml.Context = None,
     ) -> dict:
-        """Candidates `[{item_id, score, source, category}]` for a user (unknown users allowed)."""
-        try:
-            model = self.loaded.get()
-        except ModelNotReady as exc:
-            return bad_request(ctx, str(exc), status=503)
-        await inject_faults(SETTINGS)
-        candidates = model.retrieve(user_id, k, exclude_items, exclude_seen)
-        user_idx = model.users.index_of(user_id)
-        cold = model.is_cold(user_idx)
-        unknown = sum(item not in model.items for item in exclude_items)
-        self.health.on_retrieval(
-            self.loaded.version, user_idx >= 0, candidates, exclude_items, unknown
-        )
-        set_attributes(
-            user_hash=hash_id(user_id),
+        """Candidates for a user (unknown users allowed) as columns: `item_ids`, `scores`,
+        `sources`, `categories`, one entry per candidate in retrieval order."""
+        return await self.respond(
+            self.answer_retrieve,
+            user_id=user_id,
             k=k,
-            candidates=len(candidates),
-            cold_start=cold,
-            excluded=len(exclude_items),
-            model_version=self.loaded.version,
-        )
-        return json_answer(
-            {"candidates": candidates, "cold_start": cold, "model_version": self.loaded.version}
+            exclude_items=exclude_items,
+            exclude_seen=exclude_seen,
         )
 
-    @bentoml.api
-    async def similar_items(
-        self,
-        item_id: ItemId,
-        k: Annotated[int, Field(ge=1, le=SETTINGS.max_k)] = 10,
-        ctx: bentoml.Context = None,
-    ) -> dict:
-        """Items nearest to `item_id` by embedding cosine; trending items for unknown items."""
-        try:
-            model = self.loaded.get()
-        except ModelNotReady as exc:
-            return bad_request(ctx, str(exc), status=503)
-        await inject_faults(SETTINGS)
+    def answer_similar_items(self, item_id: str, k: int = 10) -> dict:
+        model = self.loaded.get()
         items = model.similar_items(item_id, k)
         if items is None:
             return {
@@ -96,7 +92,16 @@ class Retrieval(StageService):
                 "reason": "unknown_item",
                 "model_version": self.loaded.version,
             }
-        return json_answer({"items": items, "source": "ann", "model_version": self.loaded.version})
+        return {"items": items, "source": "ann", "model_version": self.loaded.version}
+
+    @bentoml.api
+    async def similar_items(
+        self,
+        item_id: ItemId,
+        k: Annotated[int, Field(ge=1, le=SETTINGS.max_k)] = 10,
+    ) -> dict:
+        """Items nearest to `item_id` by embedding cosine; trending items for unknown items."""
+        return await self.respond(self.answer_similar_items, item_id=item_id, k=k)
 
 
 protect(Retrieval, "retrieval", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)

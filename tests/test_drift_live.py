@@ -1,7 +1,8 @@
 """Drift and age metrics on real servers: they move when the request mix shifts.
 
-The tiny models are stored with their training snapshot and served by the whole stack (one
-`bentoml serve`: gateway and both stages as processes on 127.0.0.1), with a short drift window.
+The tiny models are stored with their training snapshot and served in the chart's default form
+(the gateway with Ranking in its process, Retrieval as its own server, both on 127.0.0.1), with
+a short drift window. Each server's /metrics is read: Retrieval's and the gateway's (Ranking).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from recsys.stack import serve_all
+from recsys.stack import serve_stack
 
 pytestmark = pytest.mark.serving
 WINDOW = 40
@@ -37,8 +38,11 @@ def stack(health_tags, bentoml_home):
         "RECSYS_DRIFT_PUBLISH_EVERY": "5",
         "RECSYS_ACCESS_LOG": "false",
     }
-    with serve_all(env=env) as server, httpx.Client(base_url=server.url, timeout=20) as http:
-        yield http
+    with (
+        serve_stack(env=env, form="default") as served,
+        httpx.Client(base_url=served.url, timeout=20) as http,
+    ):
+        yield http, served["Retrieval"].url
 
 
 def _gauges(text: str, name: str, **labels: str) -> list[float]:
@@ -50,11 +54,12 @@ def _gauges(text: str, name: str, **labels: str) -> list[float]:
     return values
 
 
-def _send(http: httpx.Client, users: list[str]) -> dict[str, float]:
+def _send(stack, users: list[str]) -> dict[str, float]:
+    http, retrieval_url = stack
     for user in users:
         response = http.post("/recommend", json={"user_id": user, "k": 10})
         assert response.status_code == 200, response.text
-    text = http.get("/metrics").text
+    text = http.get("/metrics").text + httpx.get(f"{retrieval_url}/metrics", timeout=20).text
     return {
         "unknown_live": max(
             _gauges(text, "recsys_drift_share", signal="unknown_users", window="live")

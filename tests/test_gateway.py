@@ -8,6 +8,7 @@ import json
 import pytest
 
 from recsys.gateway import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RecommendPipeline
+from recsys.retrieval import candidate_rows
 from recsys.serving import ServingSettings, cap_categories, fallback_reason
 
 
@@ -55,19 +56,33 @@ POPULAR = [
 ]
 
 
+def columns(rows: list[dict]) -> dict[str, list]:
+    return {
+        "item_ids": [row["item_id"] for row in rows],
+        "scores": [row["score"] for row in rows],
+        "sources": [row["source"] for row in rows],
+        "categories": [row["category"] for row in rows],
+    }
+
+
+def test_candidate_rows_and_columns_are_inverse():
+    assert candidate_rows(columns(CANDIDATES)) == CANDIDATES
+
+
 def _pipeline(retrieve=None, rank=None, similar=None, **settings) -> tuple:
     fallbacks: list[tuple[str, str]] = []
 
     async def ok_retrieve(user_id, k, exclude):
-        return {
-            "candidates": [c for c in CANDIDATES if c["item_id"] not in exclude][:k],
-            "model_version": "r:1",
-        }
+        rows = [c for c in CANDIDATES if c["item_id"] not in exclude][:k]
+        return {"candidates": columns(rows), "model_version": "r:1"}
 
     async def ok_rank(user_id, candidates):
-        ranked = sorted(candidates, key=lambda c: c["item_id"], reverse=True)
+        # Reverse id order; the last candidate is unknown to this ranker and left out.
+        ids = candidates["item_ids"]
+        order = sorted(range(len(ids)), key=lambda position: ids[position], reverse=True)[:-1]
         return {
-            "items": [{**c, "score": float(n)} for n, c in enumerate(ranked)],
+            "order": order,
+            "scores": [float(-n) for n in range(len(order))],
             "model_version": "k:1",
         }
 
@@ -90,8 +105,11 @@ def test_happy_path_uses_the_ranker_order():
     pipeline, fallbacks = _pipeline()
     answer = asyncio.run(pipeline.recommend("u1", 3, ["i19"]))
     assert [i["item_id"] for i in answer["items"]] == ["i9", "i8", "i7"]
+    assert [i["score"] for i in answer["items"]] == [0.0, -1.0, -2.0]
     assert answer["degraded"] is False and fallbacks == []
     assert answer["model_versions"] == {"retrieval": "r:1", "ranking": "k:1"}
+    everything = asyncio.run(pipeline.recommend("u1", 50, []))["items"]
+    assert len(everything) == 19 and "i0" not in {i["item_id"] for i in everything}
 
 
 def test_ranking_failure_keeps_retrieval_order():
@@ -150,11 +168,11 @@ def test_similar_items_fallback():
 
 
 def test_category_cap_never_costs_items():
-    items = [{"item_id": str(n), "category": "a" if n < 8 else "b"} for n in range(10)]
-    capped = cap_categories(items, 5, 2)
-    assert [i["item_id"] for i in capped] == ["0", "1", "8", "9", "2"]
-    assert [i["item_id"] for i in cap_categories(items, 4, 0)] == ["0", "1", "2", "3"]
-    assert len(cap_categories(items[:3], 5, 1)) == 3
+    categories = ["a" if n < 8 else "b" for n in range(10)]
+    capped = cap_categories(categories, 5, 2)
+    assert capped == [0, 1, 8, 9, 2]
+    assert cap_categories(categories, 4, 0) == [0, 1, 2, 3]
+    assert len(cap_categories(categories[:3], 5, 1)) == 3
 
 
 def test_concurrency_limit_sheds_with_retry_after():
@@ -247,3 +265,19 @@ def test_fallback_reason_of_a_stage_refusal(status, body, reason):
 
     exc = BentoMLException.error_mapping.get(HTTPStatus(status), BentoMLException)
     assert fallback_reason(exc(body, error_code=HTTPStatus(status))) == reason
+
+
+def test_in_process_stage_has_no_timeout_and_no_retry():
+    calls = 0
+
+    async def slow_local_rank(user_id, candidates):
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.1)  # over the timeout below: an in-process call is not cut off
+        raise ConnectionError("not a connection: in-process failures are not retried")
+
+    pipeline, fallbacks = _pipeline(rank=slow_local_rank, ranking_timeout_s=0.01)
+    pipeline.in_process = frozenset({"ranking"})
+    answer = asyncio.run(pipeline.recommend("u1", 3, []))
+    assert calls == 1 and fallbacks == [("ranking", "unavailable")]
+    assert [i["item_id"] for i in answer["items"]] == ["i0", "i1", "i2"]

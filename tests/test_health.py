@@ -71,19 +71,14 @@ def _monitor(snapshot, window=50):
 
 
 def _replay(monitor, model, ranker, users, top_k):
+    from recsys.serving import rank_columns
+
     for user in users:
-        candidates = model.retrieve(user, 100)
-        scores = [c["score"] for c in candidates]
-        monitor.observe_retrieval(model.users.index_of(user) >= 0, scores)
-        ranked = ranker.score(
-            user,
-            [c["item_id"] for c in candidates],
-            scores,
-            [c["source"] == "popular" for c in candidates],
-        )
-        order = np.argsort(-ranked)[:top_k]
+        columns = model.retrieve_columns(user, 100)
+        monitor.observe_retrieval(model.users.index_of(user) >= 0, columns["scores"])
+        verdict = rank_columns(ranker, user, columns)
         monitor.observe_ranking(
-            ranked[np.isfinite(ranked)].tolist(), [candidates[i]["category"] for i in order]
+            verdict["scores"], [columns["categories"][i] for i in verdict["order"][:top_k]]
         )
 
 
@@ -122,10 +117,10 @@ def test_model_health_reports_age_and_switches_with_the_version(snapshot, tmp_pa
         on_drift=lambda version, reading: drift.append(version),
         settings=HealthSettings(window=20, publish_every=1),
     )
-    health.on_retrieval("v1", True, [{"score": 0.1}] * 5)
+    health.on_retrieval("v1", True, [0.1] * 5)
     assert ages[-1][0] == "v1" and ages[-1][1] == snapshot.data_end
     assert ages[-1][2] == pytest.approx(time.time() - snapshot.data_end, abs=5)
     assert drift == ["v1"]
-    health.on_retrieval("v2", True, [{"score": 0.1}] * 5)  # no snapshot: age from creation
+    health.on_retrieval("v2", True, [0.1] * 5)  # no snapshot: age from creation
     assert ages[-1][0] == "v2" and 55 < ages[-1][2] < 120
     assert health.monitor is None and drift == ["v1"]

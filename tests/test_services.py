@@ -1,4 +1,4 @@
-"""The three BentoML services as real servers on 127.0.0.1, in both deployment forms."""
+"""The three BentoML services as real servers on 127.0.0.1, in every deployment form."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 
 from recsys.stack import (
     REPO_ROOT,
+    STAGES,
     free_port,
     http_status,
-    serve_all,
-    serve_split,
+    serve_stack,
     stage_token,
     start_service,
 )
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.serving
 
 @pytest.fixture(scope="module")
 def stack(saved_tags, bentoml_home):
-    with serve_all(env={"BENTOML_HOME": str(bentoml_home)}) as server:
+    with serve_stack(env={"BENTOML_HOME": str(bentoml_home)}) as server:
         yield server
 
 
@@ -185,49 +185,92 @@ def test_metrics_expose_requests_and_versions(client, warm_user, saved_tags):
     assert f'model_version="{saved_tags["retrieval"]}"' in text
 
 
-def _fallback_count(text: str, stage: str) -> float:
+def offline_top_k(tiny_result, user_ids: list[str], k: int) -> dict[str, list[str]]:
+    """The evaluation's two-stage top k (`recsys.evaluate.recommend_all`), as item ids."""
+    from recsys.evaluate import recommend_all
+
+    retrieval = tiny_result.retrieval
+    lists, _ = recommend_all(retrieval, tiny_result.ranker, user_ids, k, num_candidates=200)
+    return {
+        user: retrieval.items.ids[order].tolist()
+        for user, order in zip(user_ids, lists["two_stage"], strict=True)
+    }
+
+
+def served_top_k(http: httpx.Client, user_ids: list[str], k: int) -> dict[str, list[str]]:
+    answers = {}
+    for user in user_ids:
+        answer = http.post("/recommend", json={"user_id": user, "k": k}).json()
+        assert answer["degraded"] is False, answer
+        answers[user] = [item["item_id"] for item in answer["items"]]
+    return answers
+
+
+def _metric_total(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
-        if line.startswith("recsys_fallback_total{") and f'stage="{stage}"' in line:
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
 
-def test_split_deployment_serves_normally(saved_tags, bentoml_home, warm_user):
+@pytest.mark.parametrize("form", ["split", "single"])
+def test_every_form_serves_the_offline_top_k(saved_tags, bentoml_home, tiny_result, form):
+    """Ranking over HTTP (split) and in the gateway (single) answer exactly what the offline
+    evaluation ranks (category cap off, which evaluation does not apply)."""
+    model = tiny_result.retrieval
+    warm = [str(model.users.ids[u]) for u in range(len(model.users)) if not model.is_cold(u)]
+    users = [*warm[:15], "a-user-nobody-knows"]
+    env = {"BENTOML_HOME": str(bentoml_home), "RECSYS_CATEGORY_CAP": "0"}
     with (
-        serve_split(env={"BENTOML_HOME": str(bentoml_home)}) as servers,
-        httpx.Client(base_url=servers["Recommender"].url, timeout=20) as http,
+        serve_stack(env=env, form=form) as stack,
+        httpx.Client(base_url=stack.url, timeout=20) as http,
     ):
-        answer = http.post("/recommend", json={"user_id": warm_user, "k": 5}).json()
-        assert answer["degraded"] is False and len(answer["items"]) == 5
-        assert answer["model_versions"]["ranking"] == saved_tags["ranking"]
-        log = servers["Recommender"].log()
-        # the gateway called the remote stages instead of starting local copies
-        assert f"Retrieval={servers['Retrieval'].url}" in log or servers["Retrieval"].alive()
-        assert http_status(f"{servers['Ranking'].url}/readyz") == 200
+        assert set(stack.servers) == {"Recommender", *({"split": STAGES}.get(form, ()))}
+        assert served_top_k(http, users, 10) == offline_top_k(tiny_result, users, 10)
+        answer = http.post("/recommend", json={"user_id": users[0], "k": 5}).json()
+        assert answer["model_versions"] == {
+            "retrieval": saved_tags["retrieval"],
+            "ranking": saved_tags["ranking"],
+        }
+        if form == "split":  # the gateway called the Ranking process, not a copy of its own
+            ranked = http_get_metrics(stack["Ranking"].url)
+            calls = _metric_total(ranked, "bentoml_service_request_total", endpoint="/rank")
+            assert calls >= len(users) + 1
+        similar = http.post("/similar_items", json={"item_id": users[0], "k": 3})
+        assert similar.status_code == 200
+
+
+def http_get_metrics(url: str) -> str:
+    return httpx.get(f"{url}/metrics", timeout=10).text
 
 
 @pytest.mark.parametrize(
-    ("dead_stage", "expected_versions"),
-    [("Ranking", {"retrieval"}), ("Retrieval", {"popularity", "ranking"})],
+    ("form", "dead_stage", "expected_versions"),
+    [("split", "Ranking", {"retrieval"}), ("default", "Retrieval", {"popularity", "ranking"})],
 )
 def test_dead_stage_falls_back_without_5xx(
-    saved_tags, bentoml_home, warm_user, dead_stage, expected_versions
+    saved_tags, bentoml_home, warm_user, form, dead_stage, expected_versions
 ):
     dead = {dead_stage: f"http://127.0.0.1:{free_port()}"}
+    env = {"BENTOML_HOME": str(bentoml_home)}
     with (
-        serve_split(env={"BENTOML_HOME": str(bentoml_home)}, depends=dead) as servers,
-        httpx.Client(base_url=servers["Recommender"].url, timeout=20) as http,
+        serve_stack(env=env, form=form, depends=dead, wait_stages=False) as stack,
+        httpx.Client(base_url=stack.url, timeout=20) as http,
     ):
-        assert http_status(f"{servers['Recommender'].url}/readyz") == 200
-        before = _fallback_count(http.get("/metrics").text, dead_stage.lower())
+        assert http_status(f"{stack.url}/readyz") == 200
+        before = _metric_total(
+            http.get("/metrics").text, "recsys_fallback_total", stage=dead_stage.lower()
+        )
         answers = [http.post("/recommend", json={"user_id": warm_user, "k": 5}) for _ in range(3)]
         assert all(a.status_code == 200 for a in answers)
         body = answers[0].json()
         assert body["degraded"] is True and len(body["items"]) == 5
         assert body["degraded_reasons"] == [{"stage": dead_stage.lower(), "reason": "unavailable"}]
         assert set(body["model_versions"]) == expected_versions
-        after = _fallback_count(http.get("/metrics").text, dead_stage.lower())
+        after = _metric_total(
+            http.get("/metrics").text, "recsys_fallback_total", stage=dead_stage.lower()
+        )
         assert after - before == 3
         similar = http.post("/similar_items", json={"item_id": "i1", "k": 3})
         assert similar.status_code == 200
@@ -323,24 +366,3 @@ def test_bentoml_build_packs_both_models(saved_tags, bentoml_home, tmp_path):
         / "Dockerfile"
     ).read_text()
     assert "\nUSER bentoml" in dockerfile  # the image runs as a non-root user
-
-
-def test_inline_gateway_serves_the_same_api(saved_tags, bentoml_home, warm_user):
-    from recsys.stack import INLINE_GATEWAY
-
-    env = {"BENTOML_HOME": str(bentoml_home)}
-    with (
-        serve_all(env=env, gateway=INLINE_GATEWAY) as server,
-        httpx.Client(base_url=server.url, timeout=20) as http,
-    ):
-        answer = http.post("/recommend", json={"user_id": warm_user, "k": 7}).json()
-        assert len(answer["items"]) == 7 and answer["degraded"] is False
-        assert answer["model_versions"] == {
-            "retrieval": saved_tags["retrieval"],
-            "ranking": saved_tags["ranking"],
-        }
-        bad = http.post("/recommend", json={"user_id": warm_user, "k": 0})
-        assert bad.status_code == 400
-        similar = http.post("/similar_items", json={"item_id": "i1", "k": 3}).json()
-        assert len(similar["items"]) == 3
-        assert http.post("/stages", json={}).json()["ranking"] is True

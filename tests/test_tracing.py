@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from recsys.otlp import OtlpReceiver, ReceivedSpan, run_receiver
-from recsys.stack import serve_all, serve_split
+from recsys.stack import serve_stack
 
 pytestmark = pytest.mark.serving
 
@@ -45,7 +45,7 @@ def _root(spans: list[ReceivedSpan]) -> ReceivedSpan | None:
 def test_one_trace_joins_gateway_retrieval_and_ranking(
     saved_tags, bentoml_home, receiver, warm_user
 ):
-    with serve_split(env=_trace_env(bentoml_home, receiver)) as servers:
+    with serve_stack(env=_trace_env(bentoml_home, receiver), form="split") as servers:
         for user in (SECRET_USER, warm_user):  # a cold and a warm user
             answer = httpx.post(
                 f"{servers['Recommender'].url}/recommend",
@@ -62,7 +62,7 @@ def test_one_trace_joins_gateway_retrieval_and_ranking(
             return {"Retrieval:ann_search", "Ranking:model_prediction"} <= names
 
         receiver.wait_for(complete)
-        logs = {name: server.log() for name, server in servers.items()}
+        logs = {name: server.log() for name, server in servers.servers.items()}
 
     root = _root(receiver.spans)
     spans = _by_trace(receiver.spans, root.trace_id)
@@ -100,7 +100,8 @@ def test_one_trace_joins_gateway_retrieval_and_ranking(
 
 def test_ranking_failure_shows_as_error_span_and_fallback(saved_tags, bentoml_home, receiver):
     env = _trace_env(bentoml_home, receiver)
-    with serve_split(env=env, stage_env={"Ranking": {"RECSYS_FAULT_ERROR_RATE": "1"}}) as servers:
+    faulty_ranking = {"Ranking": {"RECSYS_FAULT_ERROR_RATE": "1"}}
+    with serve_stack(env=env, form="split", stage_env=faulty_ranking) as servers:
         answer = httpx.post(
             f"{servers['Recommender'].url}/recommend",
             json={"user_id": SECRET_USER, "k": 5},
@@ -131,7 +132,7 @@ def test_ranking_failure_shows_as_error_span_and_fallback(saved_tags, bentoml_ho
 
 
 def test_sample_rate_zero_exports_nothing(saved_tags, bentoml_home, receiver):
-    with serve_all(env=_trace_env(bentoml_home, receiver, rate="0")) as server:
+    with serve_stack(env=_trace_env(bentoml_home, receiver, rate="0")) as server:
         for _ in range(5):
             response = httpx.post(
                 f"{server.url}/recommend", json={"user_id": "u1", "k": 3}, timeout=20

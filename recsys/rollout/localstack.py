@@ -2,7 +2,7 @@
 
 - `PrometheusServer`: the Debian `prometheus` binary with a generated config (scrape every
   second), its own storage directory and port, stopped with its process group.
-- `start_stacks`: a stable and a canary serving stack (`recsys.stack.start_all`), each labelled
+- `start_stacks`: a stable and a canary serving stack (`recsys.stack.start_stack`), each labelled
   with its `track` in the scrape config, started side by side.
 - `TrafficDriver`: a bounded pool of threads POSTing /recommend; W percent of requests go to the
   canary stack. It stands in for the traffic split that the chart's replicas, HTTPRoute weights
@@ -239,14 +239,14 @@ def start_stacks(
     """Start several stacks at once ({name: (port, env)}) and wait until all are ready.
 
     Returns:
-        {name: recsys.stack.ServerProcess}. On failure every started stack is stopped.
+        {name: recsys.stack.Stack}. On failure every started stack is stopped.
     """
-    from recsys.stack import start_all
+    from recsys.stack import start_stack
 
     servers = {}
     try:
         for name, (port, env) in specs.items():
-            servers[name] = start_all(port, env, log_dir=log_dir)
+            servers[name] = start_stack(port, env, log_dir=log_dir)
         for server in servers.values():
             server.wait_ready(timeout_s)
             server.wait_stages(timeout_s)

@@ -69,7 +69,7 @@ def test_quick_run_writes_json_markdown_and_plots(quick_run: Path):
 
 def test_quick_run_measures_every_section(quick_run: Path):
     results = json.loads((quick_run / "benchmark.json").read_text())
-    forms = {"split", "inline", "kserve"}
+    forms = {"default", "single", "kserve"}
     assert results["inprocess"]["stages_ms"]["total"]["p50"] > 0
     assert set(results["sequential"]) == forms
     for form in forms:
@@ -80,7 +80,7 @@ def test_quick_run_measures_every_section(quick_run: Path):
         assert results["capacity"]["variants"][form]["steps"]
     # Every served form answers exactly what the in-process pipeline computes.
     assert results["answer_agreement"] == {form: 1.0 for form in forms}
-    assert set(results["peer"]) == {"split", "inline"}
+    assert set(results["peer"]) == {"default", "single"}
     size = results["ann"]["sizes"][0]
     assert size["exact_qps"] > 0
     assert size["scann"] and size["hnsw"]

@@ -6,7 +6,7 @@ A pickled object whose `__reduce__` runs `touch <file>` is POSTed as
 - split form (Kubernetes' layout): gateway, Retrieval and Ranking, each its own process;
 - `bentoml serve` form: the gateway's TCP port and the stages' Unix sockets (found in the
   BENTOML_RUNNER_MAP that BentoML gives its workers);
-- the inline gateway.
+- the single-process gateway (both stages inside it).
 
 Every one must answer 415 with a JSON body saying why, and the file must never appear. The
 stages are also sent the exploit *with* the valid stage token: the refusal is per port, not a
@@ -24,7 +24,7 @@ import psutil
 import pytest
 from security_support import PICKLE, TOKEN_HEADER, pickle_payload, send_pickle
 
-from recsys.stack import INLINE_GATEWAY, serve_all, serve_split, stage_token
+from recsys.stack import serve_all, serve_stack, stage_token
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]
 
@@ -47,7 +47,7 @@ def probe_port(client: httpx.Client, paths, tmp_path: Path, name: str, **headers
 
 @pytest.fixture(scope="module")
 def split(saved_tags, bentoml_home):
-    with serve_split(env={"BENTOML_HOME": str(bentoml_home)}) as servers:
+    with serve_stack(env={"BENTOML_HOME": str(bentoml_home)}, form="split") as servers:
         yield servers
 
 
@@ -133,12 +133,12 @@ def test_bentoml_serve_refuses_pickle_on_every_port(saved_tags, bentoml_home, tm
                 assert refused.status_code == 401, refused.text
 
 
-def test_inline_gateway_refuses_pickle(saved_tags, bentoml_home, tmp_path, warm_user):
+def test_single_process_gateway_refuses_pickle(saved_tags, bentoml_home, tmp_path, warm_user):
     with (
-        serve_all(env={"BENTOML_HOME": str(bentoml_home)}, gateway=INLINE_GATEWAY) as server,
+        serve_stack(env={"BENTOML_HOME": str(bentoml_home)}, form="single") as server,
         httpx.Client(base_url=server.url, timeout=20) as http,
     ):
-        probe_port(http, GATEWAY_CALLS, tmp_path, "inline")
+        probe_port(http, GATEWAY_CALLS, tmp_path, "single")
         answer = http.post("/recommend", json={"user_id": warm_user, "k": 5}).json()
         assert answer["degraded"] is False, answer
 

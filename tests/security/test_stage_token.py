@@ -18,19 +18,30 @@ import httpx
 import pytest
 from security_support import TOKEN_HEADER
 
-from recsys.stack import free_port, serve_split, stage_token, start_service
+from recsys.stack import free_port, serve_stack, stage_token, start_service
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]
 
 CALLS = {
     "Retrieval": ("/retrieve", {"user_id": "u1", "k": 5}),
-    "Ranking": ("/rank", {"user_id": "u1", "candidates": [{"item_id": "i1"}]}),
+    "Ranking": (
+        "/rank",
+        {
+            "user_id": "u1",
+            "candidates": {
+                "item_ids": ["i1"],
+                "scores": [0.0],
+                "sources": ["ann"],
+                "categories": [""],
+            },
+        },
+    ),
 }
 
 
 @pytest.fixture(scope="module")
 def split(saved_tags, bentoml_home):
-    with serve_split(env={"BENTOML_HOME": str(bentoml_home)}) as servers:
+    with serve_stack(env={"BENTOML_HOME": str(bentoml_home)}, form="split") as servers:
         yield servers
 
 
