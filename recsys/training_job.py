@@ -109,18 +109,24 @@ class KubeEvents:
     The first failure (no RBAC, no API) is logged once and later events are skipped.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, api_client=None) -> None:
+        """`api_client`: a kubernetes ApiClient to use; default the in-cluster one, when the
+        pod's environment says it runs in a cluster."""
         self.api = None
         self.namespace = os.environ.get("POD_NAMESPACE", "")
         self.pod = os.environ.get("POD_NAME", "")
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and self.namespace and self.pod:
-            try:
-                from kubernetes import client, config
+        if not (self.namespace and self.pod):
+            return
+        try:
+            from kubernetes import client, config
 
+            if api_client is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
                 config.load_incluster_config()
-                self.api = client.CoreV1Api()
-            except Exception as exc:  # no token mounted, bad config: events are optional
-                logger.warning("kubernetes events off: %s", exc)
+                api_client = client.ApiClient()
+            if api_client is not None:
+                self.api = client.CoreV1Api(api_client)
+        except Exception as exc:  # no token mounted, bad config: events are optional
+            logger.warning("kubernetes events off: %s", exc)
 
     def post(self, run_id: str, step: str, outcome: str, message: str) -> None:
         if self.api is None:
@@ -193,10 +199,12 @@ class RunMetrics:
 class Reporter:
     """One log line, one Event and metrics per step."""
 
-    def __init__(self, config: RetrainConfig, echo: Callable[[str], None]) -> None:
+    def __init__(
+        self, config: RetrainConfig, echo: Callable[[str], None], events: KubeEvents | None = None
+    ) -> None:
         self.config = config
         self.echo = echo
-        self.events = KubeEvents()
+        self.events = events or KubeEvents()
         self.metrics = RunMetrics(config.run_id)
         self.steps: list[StepRecord] = []
 
@@ -342,7 +350,11 @@ def _rollout_argv(config: RetrainConfig, tags: dict[str, str]) -> list[str]:
     return argv + list(config.rollout_args)
 
 
-def run_retrain(config: RetrainConfig, echo: Callable[[str], None] = print) -> RetrainResult:
+def run_retrain(
+    config: RetrainConfig,
+    echo: Callable[[str], None] = print,
+    events: KubeEvents | None = None,
+) -> RetrainResult:
     """Run every step; returns how the run ended (never raises for a refused candidate)."""
     if config.canary not in CANARY_MODES:
         raise RecsysError(
@@ -351,7 +363,7 @@ def run_retrain(config: RetrainConfig, echo: Callable[[str], None] = print) -> R
     if config.canary != "record" and not config.image_tag:
         raise RecsysError("--canary start|run needs --image-tag (the image the canary runs)")
     started = time.time()
-    reporter = Reporter(config, echo)
+    reporter = Reporter(config, echo, events)
     result = RetrainResult(config.run_id, "failed", reporter.steps)
     config.out.mkdir(parents=True, exist_ok=True)
     try:

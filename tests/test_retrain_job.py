@@ -2,7 +2,8 @@
 
 Real parts only: the BentoML store of the test session, the real helm binary for the dry-run
 canary (`--values-from` the chart's values: no cluster), Prometheus' own text parser for the
-metrics file. No Kubernetes API here: the Events step is skipped, as outside a cluster.
+metrics file. No cluster here: Events are posted to a fake API server on 127.0.0.1 (the only
+mock, in one test), and skipped elsewhere, as outside a cluster.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -260,3 +264,58 @@ def test_a_named_stable_model_that_does_not_exist_is_refused(loop, source, tmp_p
     assert result.outcome == "refused" and result.steps[-1].name == "load"
     assert "recsys-ranking:doesnotexist" in result.reason
     assert _store_tags() == tags
+
+
+class _FakeKubeAPI(BaseHTTPRequestHandler):
+    """A stand-in for the Kubernetes API server (the one mock here): records posted Events."""
+
+    posted: ClassVar[list[tuple[str, dict]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        type(self).posted.append((self.path, body))
+        self.send_response(201)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_each_step_posts_a_kubernetes_event(source, days, tmp_path, monkeypatch):
+    """Against a fake API server on 127.0.0.1 (no cluster here): one Event per step, on the
+    job's pod, Warning for the refusal."""
+    from kubernetes import client
+
+    from recsys.training_job import KubeEvents
+
+    _, new_day, _ = days
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKubeAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("POD_NAME", "recsys-training-123-abc")
+    monkeypatch.setenv("POD_NAMESPACE", "recsys")
+    configuration = client.Configuration(host=f"http://127.0.0.1:{server.server_port}")
+    events = KubeEvents(client.ApiClient(configuration))
+    path = source / "interactions" / "9999-zz-broken.parquet"
+    pd.concat([new_day] * 10, ignore_index=True).to_parquet(path, index=False)
+    try:
+        result = run_retrain(
+            RetrainConfig(source=str(source), out=tmp_path / "run"), lambda line: None, events
+        )
+    finally:
+        path.unlink()
+        server.shutdown()
+    assert result.outcome == "refused"
+    posted = _FakeKubeAPI.posted
+    assert [p for p, _ in posted] == ["/api/v1/namespaces/recsys/events"] * 2
+    (_, load), (_, check) = posted
+    assert load["involvedObject"] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": "recsys-training-123-abc",
+        "namespace": "recsys",
+    }
+    assert (load["reason"], load["type"]) == ("RetrainLoadOk", "Normal")
+    assert (check["reason"], check["type"]) == ("RetrainCheckRefused", "Warning")
+    assert check["message"].startswith(f"run {result.run_id}: check refused: refusing to train")
