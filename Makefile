@@ -17,7 +17,7 @@ export RECSYS_BASE_IMAGE
 export OPENBLAS_NUM_THREADS ?= 1
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup tools containers image data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak bench audit
+.PHONY: help setup tools containers image data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak bench audit retrain-demo
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -52,6 +52,9 @@ train: data ## Train, evaluate and store versioned models; report in $(REPORT)/
 
 run: setup ## The main job: data + train (when no model is stored), then serve on localhost:3000
 	$(BIN)/recsys serve --port 3000 --data $(DATA) --report $(REPORT)
+
+retrain-demo: setup ## Continuous-training loop locally: serve, new day, retrain, gate, preflight, canary (dry run), broken day refused
+	BENTOML_HOME=$(CURDIR)/reports/retrain-demo/bentoml $(PY) -m recsys.retrain_demo --workdir reports/retrain-demo
 
 evaluate: setup ## Evaluate the latest stored models on $(DATA)'s test window
 	$(BIN)/recsys evaluate --data $(DATA)

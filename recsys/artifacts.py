@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from recsys.errors import ModelCorruptError, ModelMissingError
 
 if TYPE_CHECKING:
+    from recsys.health import TrainingSnapshot
     from recsys.pipeline import TrainResult
     from recsys.ranking import Ranker
     from recsys.retrieval import RetrievalModel
@@ -85,8 +86,15 @@ def _flat(value: object) -> object:
     return drop_none(json.loads(json.dumps(value, default=str)))
 
 
-def save_models(result: TrainResult, report_dir: str | None = None) -> dict[str, str]:
-    """Store the retrieval and ranking models as new BentoML model versions; returns their tags."""
+def save_models(
+    result: TrainResult,
+    report_dir: str | None = None,
+    snapshot: TrainingSnapshot | None = None,
+) -> dict[str, str]:
+    """Store the retrieval and ranking models as new BentoML model versions; returns their tags.
+
+    A training snapshot (recsys.health) is saved in both model directories, under the manifest.
+    """
     import bentoml
 
     revision = code_revision()
@@ -105,6 +113,7 @@ def save_models(result: TrainResult, report_dir: str | None = None) -> dict[str,
         "promotable": result.promotable,
         "promotion_reasons": result.promotion_reasons,
         "report_dir": report_dir,
+        "data_end": snapshot.data_end if snapshot is not None else None,
     }
     tags: dict[str, str] = {}
     with bentoml.models.create(
@@ -119,6 +128,8 @@ def save_models(result: TrainResult, report_dir: str | None = None) -> dict[str,
         ),
     ) as model:
         result.retrieval.save(model.path)
+        if snapshot is not None:
+            snapshot.save(model.path)
         write_manifest(Path(model.path))
         tags["retrieval"] = str(model.tag)
     with bentoml.models.create(
@@ -133,6 +144,8 @@ def save_models(result: TrainResult, report_dir: str | None = None) -> dict[str,
         ),
     ) as model:
         result.ranker.save(model.path)
+        if snapshot is not None:
+            snapshot.save(model.path)
         write_manifest(Path(model.path))
         tags["ranking"] = str(model.tag)
     return tags

@@ -33,6 +33,10 @@ app.add_typer(models_app, name="models")
 from recsys.rollout.cli import rollout_app  # noqa: E402
 
 app.add_typer(rollout_app, name="rollout")
+from recsys.retrain_cli import models_import, retrain  # noqa: E402
+
+app.command("retrain")(retrain)
+models_app.command("import")(models_import)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -86,11 +90,29 @@ def data_validate(
     movielens: Annotated[bool, typer.Option(help="Read MovieLens files")] = False,
     max_reject_ratio: Annotated[float, typer.Option(min=0, max=1)] = 0.05,
     rejects: Annotated[Path | None, typer.Option(help="Where rejected rows go")] = None,
+    window_days: Annotated[
+        float, typer.Option(min=0, help="Window compared with the one before (0: no comparison)")
+    ] = 1.0,
+    max_row_ratio: Annotated[float, typer.Option(min=1, help="Refused row-count ratio")] = 3.0,
+    max_psi: Annotated[float, typer.Option(min=0, help="Refused distribution shift (PSI)")] = 0.5,
 ) -> None:
-    """Validate a data set: counts of rejected rows per problem, written aside."""
+    """Validate a data set: counts of rejected rows per problem, written aside; then compare the
+    newest window of the log with the previous one and refuse a broken one."""
     from recsys.data.validate import validate_dataset
 
-    interactions, catalog = _load(data, movielens)
+    if movielens:
+        interactions, catalog = _load(data, movielens)
+    else:
+        from recsys.data.source import load_source
+
+        source = load_source(str(data))
+        interactions, catalog = source.interactions, source.catalog
+    if window_days > 0 and not movielens:  # first: its refusal names the broken file
+        from recsys.data.drift import WindowLimits, check_windows
+
+        limits = WindowLimits(max_reject_ratio, max_row_ratio, max_psi)
+        for line in check_windows(source, window_days, limits).summary_lines():
+            console.print(line, highlight=False)
     rejects = rejects or data / "rejects"
     result = validate_dataset(interactions, catalog, max_reject_ratio, rejects)
     for line in result.report.summary_lines():
@@ -168,10 +190,10 @@ def train(
     result = train_pipeline(
         interactions, catalog, config, rejects_dir=str(out / "rejects"), on_stage=_stage_printer()
     )
-    _finish(result, out, save)
+    _finish(result, out, save, interactions)
 
 
-def _finish(result, out: Path, save: bool) -> None:
+def _finish(result, out: Path, save: bool, interactions=None) -> None:
     from recsys.artifacts import code_revision, save_models
     from recsys.report import write_report
 
@@ -188,8 +210,13 @@ def _finish(result, out: Path, save: bool) -> None:
         "code_revision": code_revision(),
     }
     if save:
-        with console.status("saving models to the BentoML store"):
-            summary["model_tags"] = save_models(result, report_dir=str(out.resolve()))
+        from recsys.health import snapshot_for
+
+        with console.status("saving models (and their health snapshot) to the BentoML store"):
+            snapshot = snapshot_for(result, interactions) if interactions is not None else None
+            summary["model_tags"] = save_models(
+                result, report_dir=str(out.resolve()), snapshot=snapshot
+            )
     paths = write_report(summary, out)
     console.print(_metrics_table(result.metrics))
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())

@@ -15,6 +15,7 @@ from _bentoml_sdk.service.dependency import Dependency
 from pydantic import SecretStr
 from starlette.responses import Response
 
+from recsys.health import ModelHealth
 from recsys.serving import BackgroundModel, ModelNotReady, ServingSettings, inject_faults
 
 SETTINGS = ServingSettings()
@@ -47,6 +48,64 @@ MODEL_INFO = bentoml.metrics.Gauge(
     documentation="1 for the model version a service is serving, by service and track.",
     labelnames=["component", "model_version", "track"],
 )
+
+
+# ---- model health (issue 15): age and drift against the snapshot saved with the model ----------
+MODEL_AGE = bentoml.metrics.Gauge(
+    name="recsys_model_age_seconds",
+    documentation="Seconds since the end of the served model's data window.",
+    labelnames=["component", "model_version", "track"],
+)
+MODEL_DATA_END = bentoml.metrics.Gauge(
+    name="recsys_model_data_end_timestamp_seconds",
+    documentation="Unix time of the newest event in the served model's data window.",
+    labelnames=["component", "model_version", "track"],
+)
+DRIFT_PSI = bentoml.metrics.Gauge(
+    name="recsys_drift_psi",
+    documentation="PSI of a served distribution over the sliding window vs the training snapshot "
+    "(retrieval_score, ranking_score, category_mix).",
+    labelnames=["component", "model_version", "track", "signal"],
+)
+DRIFT_SHARE = bentoml.metrics.Gauge(
+    name="recsys_drift_share",
+    documentation="Share of unknown users / named items unknown to the model, live (sliding "
+    "window) and in the training snapshot.",
+    labelnames=["component", "model_version", "track", "signal", "window"],
+)
+DRIFT_REQUESTS = bentoml.metrics.Gauge(
+    name="recsys_drift_window_requests",
+    documentation="Requests in the drift sliding window (signals mean little below a few hundred).",
+    labelnames=["component", "model_version", "track"],
+)
+
+
+def model_health(component: str, model_name: str):
+    """The ModelHealth of one served model (recsys.health), wired to the gauges above."""
+    from recsys.artifacts import model_path
+    from recsys.health import DriftReading, ModelHealth
+
+    def locate(version: str):
+        try:
+            path, full = model_path(version, model_name)
+            return path, bentoml.models.get(full).info.creation_time.timestamp()
+        except Exception:  # a model from elsewhere (tests): no snapshot, no age
+            return None, None
+
+    def on_age(version: str, data_end: float, age: float) -> None:
+        MODEL_AGE.labels(component, version, SETTINGS.track).set(age)
+        MODEL_DATA_END.labels(component, version, SETTINGS.track).set(data_end)
+
+    def on_drift(version: str, reading: DriftReading) -> None:
+        labels = (component, version, SETTINGS.track)
+        DRIFT_REQUESTS.labels(*labels).set(reading.requests)
+        for signal, value in reading.psi.items():
+            DRIFT_PSI.labels(*labels, signal).set(value)
+        for signal, (live, training) in reading.shares.items():
+            DRIFT_SHARE.labels(*labels, signal, "live").set(live)
+            DRIFT_SHARE.labels(*labels, signal, "training").set(training)
+
+    return ModelHealth(locate, on_age, on_drift)
 
 
 # Latency buckets fine enough around the SLOs (tens of milliseconds) for p95/p99 estimates.
@@ -384,9 +443,11 @@ class StageService:
 
     component: str  # Retrieval / Ranking
     loaded: BackgroundModel
+    health: ModelHealth
 
-    def start_loading(self, load, self_test) -> None:
+    def start_loading(self, load, self_test, model_name: str) -> None:
         install_tracing()
+        self.health = model_health(self.component, model_name)
         self.loaded = BackgroundModel(
             self.component.lower(), load, self_test, SETTINGS.fault_load_delay_s
         )
@@ -394,6 +455,7 @@ class StageService:
     def __is_ready__(self) -> bool:
         if self.loaded.ready:
             MODEL_INFO.labels(self.component, self.loaded.version, SETTINGS.track).set(1)
+            self.health.refresh(self.loaded.version)  # the age gauge moves with the probes
         return self.loaded.ready
 
     async def respond(self, answer, **arguments) -> Response:

@@ -9,7 +9,7 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from recsys.artifacts import load_ranker
+from recsys.artifacts import RANKING_MODEL, load_ranker
 from recsys.batching import MicroBatcher
 from recsys.serving import ItemId, UserId, rank_columns_many
 from recsys.tracing import hash_id, set_attributes
@@ -72,7 +72,9 @@ class Ranking(StageService):
     model_ref = packed_model(SETTINGS.ranking_model_tag)
 
     def __init__(self) -> None:
-        self.start_loading(lambda: load_ranker(SETTINGS.ranking_model_tag), check_ranker)
+        self.start_loading(
+            lambda: load_ranker(SETTINGS.ranking_model_tag), check_ranker, RANKING_MODEL
+        )
         self.batcher = (
             MicroBatcher(
                 self.answer_rank_many,
@@ -87,6 +89,11 @@ class Ranking(StageService):
     def answer_rank_many(self, requests: list[tuple[str, dict[str, list]]]) -> list[dict]:
         """Several requests' verdicts from one model prediction (ModelNotReady fails all)."""
         verdicts = rank_columns_many(self.loaded.get(), requests)
+        top_k = self.health.top_k
+        for (_, candidates), verdict in zip(requests, verdicts, strict=True):
+            categories = candidates["categories"]
+            top = [categories[i] for i in verdict["order"][:top_k]]
+            self.health.on_ranking(self.loaded.version, verdict["scores"], top)
         return [{**verdict, "model_version": self.loaded.version} for verdict in verdicts]
 
     async def answer_rank(self, user_id: str, candidates: dict[str, list]) -> dict:

@@ -7,7 +7,7 @@ from typing import Annotated
 import bentoml
 from pydantic import BaseModel, Field
 
-from recsys.artifacts import load_retrieval
+from recsys.artifacts import RETRIEVAL_MODEL, load_retrieval
 from recsys.serving import ItemId, UserId
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
@@ -47,7 +47,9 @@ class Retrieval(StageService):
     model_ref = packed_model(SETTINGS.retrieval_model_tag)
 
     def __init__(self) -> None:
-        self.start_loading(lambda: load_retrieval(SETTINGS.retrieval_model_tag), check_retrieval)
+        self.start_loading(
+            lambda: load_retrieval(SETTINGS.retrieval_model_tag), check_retrieval, RETRIEVAL_MODEL
+        )
 
     def _candidates(
         self,
@@ -58,7 +60,12 @@ class Retrieval(StageService):
     ) -> dict:
         model = self.loaded.get()
         columns = model.retrieve_columns(user_id, k, exclude_items, exclude_seen)
-        cold = model.is_cold(model.users.index_of(user_id))
+        user_idx = model.users.index_of(user_id)
+        cold = model.is_cold(user_idx)
+        unknown = sum(item not in model.items for item in exclude_items)
+        self.health.on_retrieval(
+            self.loaded.version, user_idx >= 0, columns["scores"], len(exclude_items), unknown
+        )
         return {"candidates": columns, "cold_start": cold, "model_version": self.loaded.version}
 
     def answer_retrieve(self, user_id: str, k: int = 200, **options) -> dict:

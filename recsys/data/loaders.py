@@ -33,7 +33,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     raise DataError(f"unsupported file type {path.suffix!r} for {path}: use .csv, .tsv or .parquet")
 
 
-def _require_columns(frame: pd.DataFrame, required: tuple[str, ...], what: str, path: Path) -> None:
+def require_columns(frame: pd.DataFrame, required: tuple[str, ...], what: str, path) -> None:
+    """Raise DataError naming the file and the missing columns (and those it has)."""
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(
@@ -45,7 +46,7 @@ def _require_columns(frame: pd.DataFrame, required: tuple[str, ...], what: str, 
 def load_interactions(path: str | Path) -> pd.DataFrame:
     """Load an interaction log with columns user_id, item_id, timestamp, event (+ weight/rating)."""
     frame = read_table(path)
-    _require_columns(frame, schema.INTERACTION_COLUMNS, "interaction log", Path(path))
+    require_columns(frame, schema.INTERACTION_COLUMNS, "interaction log", Path(path))
     if schema.WEIGHT not in frame.columns and "rating" in frame.columns:
         frame = frame.rename(columns={"rating": schema.WEIGHT})
     return frame
@@ -54,7 +55,7 @@ def load_interactions(path: str | Path) -> pd.DataFrame:
 def load_catalog(path: str | Path) -> pd.DataFrame:
     """Load an item catalog with columns item_id, category, created_at (+ any attributes)."""
     frame = read_table(path)
-    _require_columns(frame, schema.CATALOG_COLUMNS, "item catalog", Path(path))
+    require_columns(frame, schema.CATALOG_COLUMNS, "item catalog", Path(path))
     return frame
 
 
