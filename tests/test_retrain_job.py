@@ -120,8 +120,9 @@ def test_new_day_gives_a_promotable_candidate_and_a_canary(loop):
     assert preflight["stable"]["ranking_tag"] == loop["first"].candidate["ranking"]
     rollout = (work / "second" / "rollout.log").read_text()
     assert "helm upgrade recsys" in rollout
-    assert f"ranking.canary.modelTag={second.candidate['ranking']}" in rollout
-    assert "ranking.canary.image.tag=v2" in rollout
+    # Ranking runs inside the gateway (the default topology): its canary is a gateway canary.
+    assert f"gateway.canary.rankingModelTag={second.candidate['ranking']}" in rollout
+    assert "gateway.canary.image.tag=v2" in rollout
     run_id = second.run_id
     step_lines = [line for line in loop["lines"] if " step=" in line]
     assert len(step_lines) == 8 and all(f"run={run_id}" in line for line in step_lines)
