@@ -18,6 +18,7 @@ import time
 import pytest
 from conftest import SCENARIOS, model_sets, running_stack
 from pod_runner import KNOWN_USERS, Client
+from scipy.stats import binom
 
 pytestmark = [pytest.mark.containers]
 
@@ -81,7 +82,8 @@ def test_scenario_pods_become_ready_and_serve(
                     time.sleep(0.01)
             finally:
                 client.close()
-            # 2% injected errors: 60 calls see a few at most; none without faults.
-            allowed = 0 if not faults else max(3, int(60 * faults * 3))
+            # Injected errors are random (2 % of 60 calls: 1.2 expected; 4 or more in 3 % of runs):
+            # allow what a fault rate this high exceeds once in 10,000 runs; none without faults.
+            allowed = 0 if not faults else int(binom.isf(1e-4, 60, faults))
             assert len(failures) <= allowed, f"{deployment}: {failures[:3]}"
             assert answers >= 60 - allowed
