@@ -33,7 +33,7 @@ def live(test):
 SLO_FILE = REPO_ROOT / "slo.yaml"
 # Other processes using more than this share of the cores make a latency verdict meaningless.
 BUSY_MACHINE = 0.15
-SLOW_MS = "80"  # added to each of the three services: ~240 ms per /recommend
+SLOW_MS = "80"  # added by each process of the default form (gateway, retrieval): ~160 ms per call
 
 
 def run(command: list[str], timeout: float, cwd: Path = REPO_ROOT, env: dict | None = None):
@@ -102,7 +102,7 @@ def test_ci_gate_passes_on_the_local_stack(saved_tags, tmp_path):
 
 @live
 def test_slowed_stack_fails_with_99_and_names_the_breach(slowed_stack, tmp_path):
-    """The gate can fail: +80 ms per service breaches every latency objective and aborts early."""
+    """The gate can fail: +80 ms per process breaches every latency objective and aborts early."""
     command = [
         sys.executable, "-m", "loadtests.run", "--host", slowed_stack.url,
         "--users", "8", "--user-rate", "4", "--duration", "60s",
@@ -116,7 +116,7 @@ def test_slowed_stack_fails_with_99_and_names_the_breach(slowed_stack, tmp_path)
     breached = {(b["endpoint"], b["metric"]) for b in verdict["breaches"]}
     assert ("recommend", "p95_ms") in breached and ("recommend", "p99_ms") in breached
     p95 = next(b for b in verdict["breaches"] if b["endpoint"] == "recommend")
-    assert p95["observed"] > 200 and p95["threshold"] == 25
+    assert p95["observed"] > 150 and p95["threshold"] == 25
     assert ("recommend", "p95_ms") in {
         (b["endpoint"], b["metric"]) for b in verdict["abort"]["breaches"]
     }
