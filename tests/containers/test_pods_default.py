@@ -282,7 +282,7 @@ def test_locust_ci_gate_passes_against_the_gateway_container(default_stack, figu
             "(outside the containers and Locust): latency not attributable here; CI runs it "
             "strictly"
         )
-    judge_latency_only_breach(verdict, "the split form in the chart's containers")
+    judge_latency_only_breach(verdict, "the default form in the chart's containers")
     assert done.returncode == 0, f"Locust gate failed ({done.returncode}):\n{done.stdout[-4000:]}"
 
 
