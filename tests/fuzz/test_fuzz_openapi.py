@@ -50,6 +50,7 @@ import pytest
 
 from recsys.serving import ServingSettings
 from recsys.stack import ServerProcess, free_port, stage_token, start_all, start_service
+from tests.stage_calls import VALID_CALLS
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]
 
@@ -223,22 +224,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(services, name, tmp_p
 
 # --- reproductions of what fuzzing found, as plain requests ---------------------------------
 
-BODIES = {
-    "Recommender": ("/recommend", {"user_id": "u1", "k": 3}),
-    "Retrieval": ("/retrieve", {"user_id": "u1", "k": 3}),
-    "Ranking": (
-        "/rank",
-        {
-            "user_id": "u1",
-            "candidates": {
-                "item_ids": ["i1"],
-                "scores": [0.0],
-                "sources": ["ann"],
-                "categories": [""],
-            },
-        },
-    ),
-}
+BODIES = VALID_CALLS
 
 
 @pytest.mark.parametrize("name", ["Recommender", "Retrieval", "Ranking"])

@@ -19,24 +19,11 @@ import pytest
 from security_support import TOKEN_HEADER
 
 from recsys.stack import free_port, serve_stack, stage_token, start_service
+from tests.stage_calls import VALID_CALLS
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]
 
-CALLS = {
-    "Retrieval": ("/retrieve", {"user_id": "u1", "k": 5}),
-    "Ranking": (
-        "/rank",
-        {
-            "user_id": "u1",
-            "candidates": {
-                "item_ids": ["i1"],
-                "scores": [0.0],
-                "sources": ["ann"],
-                "categories": [""],
-            },
-        },
-    ),
-}
+CALLS = {stage: VALID_CALLS[stage] for stage in ("Retrieval", "Ranking")}
 
 
 @pytest.fixture(scope="module")
