@@ -17,7 +17,6 @@ not by a limit.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -29,11 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from bench.kserve_peer import MODEL_NAME
 from bench.models import TrainedModels
 from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
+from recsys.ops.processes import kill_processes, process_tree
 from recsys.stack import REPO_ROOT, ServerProcess, Stack, free_port, start_stack
 
 READY_TIMEOUT_S = 300.0
@@ -242,13 +240,6 @@ def stop_variants(variants: dict[str, Variant]) -> None:
     stop so that such a worker is still found (psutil checks the PID was not reused).
     """
     for variant in variants.values():
-        tree = []
-        for pid in variant.pids():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                root = psutil.Process(pid)
-                tree += [root, *root.children(recursive=True)]
+        tree = [process for pid in variant.pids() for process in process_tree(pid)]
         variant.stop()
-        for process in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if process.is_running():
-                    process.kill()
+        kill_processes(tree)
