@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -31,7 +30,7 @@ from pathlib import Path
 from bench.kserve_peer import MODEL_NAME
 from bench.models import TrainedModels
 from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
-from recsys.ops.processes import kill_processes, process_tree
+from recsys.ops.processes import kill_processes, process_tree, start_logged
 from recsys.stack import REPO_ROOT, ServerProcess, Stack, free_port, start_stack
 
 READY_TIMEOUT_S = 300.0
@@ -188,16 +187,7 @@ def start_kserve(models: TrainedModels, log_dir: Path, workers: int = 1) -> Vari
         "200",
     ]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            args,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stop() takes the workers too
-        )
+    process = start_logged(args, log_path, env, cwd=REPO_ROOT)  # stop() takes the workers too
     server = ServerProcess("kserve", port, process, log_path)
     return Variant(
         "kserve",

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from recsys.errors import StackNotReadyError
 from recsys.ops.bentoml_home import model_store, private_home
-from recsys.ops.processes import stop_tree
+from recsys.ops.processes import start_logged, stop_tree
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = "services.recommender:Recommender"
@@ -173,16 +173,7 @@ def _launch(
     # A home of its own (see recsys.ops.bentoml_home), sharing the configured model store.
     home = log_dir / f"home-{name.lower()}-{port}"
     full_env["BENTOML_HOME"] = str(private_home(home, model_store(full_env)))
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", *args],
-            cwd=REPO_ROOT,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stop() takes the children too
-        )
+    process = start_logged([sys.executable, "-m", *args], log_path, full_env, cwd=REPO_ROOT)
     return ServerProcess(name, port, process, log_path, dict(env or {}))
 
 

@@ -10,8 +10,34 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import psutil
+
+
+def start_logged(
+    argv: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen:
+    """Start a server in a session (and process group) of its own, output to `log_path`.
+
+    Its own group lets stop_tree signal it and its children at once; no standard input, so it
+    never waits on the terminal.
+    """
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def process_tree(pid: int) -> list[psutil.Process]:

@@ -108,6 +108,25 @@ def _note_workload(console, values, component: str) -> None:
         )
 
 
+def _change_release(options: HelmOptions, component: str, plan: Callable[..., Any]):
+    """Plan helm commands against the release's values and carry them out (or print them).
+
+    Args:
+        options: the release and how to reach it.
+        component: the component the command is about (named when Ranking runs in the gateway).
+        plan: (target, values) -> the helm commands.
+
+    Returns:
+        (the release's values, the console), for what the command prints next.
+    """
+    runner = options.runner()
+    values = options.values(runner)
+    console = _console()
+    _note_workload(console, values, component)
+    runner.execute(plan(runner.target, values), options.dry_run, _echo(console))
+    return values, console
+
+
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -362,22 +381,21 @@ def start(
     """Start a canary: `helm upgrade --reuse-values` with <component>.canary.* set."""
     from recsys.rollout.plan import plan_start
 
-    runner = helm_options.runner()
-    values = helm_options.values(runner)
-    commands = plan_start(
-        runner.target,
-        values,
+    values, console = _change_release(
+        helm_options,
         component,
-        image_tag,
-        weight,
-        model_tag=model_tag,
-        image_repository=image_repository,
-        fault_latency_ms=fault_latency_ms,
-        fault_error_rate=fault_error_rate,
+        lambda target, values: plan_start(
+            target,
+            values,
+            component,
+            image_tag,
+            weight,
+            model_tag=model_tag,
+            image_repository=image_repository,
+            fault_latency_ms=fault_latency_ms,
+            fault_error_rate=fault_error_rate,
+        ),
     )
-    console = _console()
-    _note_workload(console, values, component)
-    runner.execute(commands, helm_options.dry_run, _echo(console))
     component = values.workload(component)
     share = values.effective_share(component, weight)
     if not values.weight_is_exact(component):
@@ -402,14 +420,10 @@ def set_weight(
     """Move a running canary to another share of traffic."""
     from recsys.rollout.plan import plan_set_weight
 
-    runner = helm_options.runner()
-    values = helm_options.values(runner)
-    console = _console()
-    _note_workload(console, values, component)
-    runner.execute(
-        plan_set_weight(runner.target, values, component, weight),
-        helm_options.dry_run,
-        _echo(console),
+    _change_release(
+        helm_options,
+        component,
+        lambda target, values: plan_set_weight(target, values, component, weight),
     )
 
 
@@ -423,12 +437,8 @@ def promote(
     """Stable takes the canary's image (and model tag); the canary is switched off."""
     from recsys.rollout.plan import plan_promote
 
-    runner = helm_options.runner()
-    values = helm_options.values(runner)
-    console = _console()
-    _note_workload(console, values, component)
-    runner.execute(
-        plan_promote(runner.target, values, component), helm_options.dry_run, _echo(console)
+    _change_release(
+        helm_options, component, lambda target, values: plan_promote(target, values, component)
     )
 
 

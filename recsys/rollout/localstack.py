@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recsys.ops.bentoml_home import private_home as private_bentoml_home
-from recsys.ops.processes import stop_tree
+from recsys.ops.processes import start_logged, stop_tree
 from recsys.rollout.errors import RolloutError
 
 PROMETHEUS_CANDIDATES = ("/usr/bin/prometheus",)
@@ -166,15 +166,7 @@ def start_prometheus(
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
     ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return PrometheusServer(port, process, workdir, log_path)
+    return PrometheusServer(port, start_logged(argv, log_path), workdir, log_path)
 
 
 @contextlib.contextmanager
