@@ -104,7 +104,9 @@ def locust_command(
     args: argparse.Namespace, host: str, out: Path, users_file: str | None
 ) -> list[str]:
     """The Locust command line of a run."""
-    duration = args.duration or f"{load_shapes.DEFAULT_RUN_TIME_S[args.shape]:g}s"
+    # Locust's --run-time takes whole seconds; the runner takes every form recsys.ops reads.
+    seconds = parse_duration(args.duration or load_shapes.DEFAULT_RUN_TIME_S[args.shape])
+    duration = f"{max(1, round(seconds))}s"
     command = [
         sys.executable, "-m", "locust",
         "--locustfile", str(LOCUSTFILE),

@@ -22,6 +22,14 @@ def test_the_runner_passes_every_gate_option_on_with_the_same_defaults(tmp_path)
     assert command[command.index("--user-rate") + 1] == "4"
     assert command[command.index("--users-file") + 1] == "users.txt"
     assert Path(command[command.index("--verdict-file") + 1]) == tmp_path / "verdict.json"
+    assert command[command.index("--run-time") + 1] == "60s"  # the constant shape's default
+
+
+def test_the_run_time_handed_to_locust_is_whole_seconds(tmp_path):
+    args = run.build_parser().parse_args(["--duration", "1m30s"])
+    command = run.locust_command(args, "http://127.0.0.1:1", tmp_path, None)
+    assert command[command.index("--run-time") + 1] == "90s"
+    assert "--users-file" not in command  # none known: the locustfile's default ids
 
 
 def test_locust_reads_each_option_from_its_environment_variable(monkeypatch):
