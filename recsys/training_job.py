@@ -310,8 +310,9 @@ def export_models(tags: dict[str, str], store: str) -> list[str]:
     return written
 
 
-def import_model(tag: str, store: str) -> str:
-    """Import one model from the shared store into the local BentoML store (if missing).
+def import_model(tag: str, store: str, into: str | Path | None = None) -> str:
+    """Import one model from the shared store into a local BentoML store (if missing there):
+    the default one (BENTOML_HOME), or the model store directory `into`.
 
     Only the archive's files are read: our loaders check their checksums and unpickle nothing.
     """
@@ -319,8 +320,11 @@ def import_model(tag: str, store: str) -> str:
     import fsspec
     from bentoml.exceptions import NotFound
 
+    from recsys.artifacts import model_store
+
+    target = {"_model_store": model_store(into)} if into else {}
     try:
-        return str(bentoml.models.get(tag).tag)
+        return str(bentoml.models.get(tag, **target).tag)
     except NotFound:
         pass
     fs, root = fsspec.core.url_to_fs(store)
@@ -331,7 +335,7 @@ def import_model(tag: str, store: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         local = str(Path(tmp) / name)
         fs.get_file(remote, local)
-        return str(bentoml.models.import_model(local).tag)
+        return str(bentoml.models.import_model(local, **target).tag)
 
 
 def _delete(tags: dict[str, str]) -> None:

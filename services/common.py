@@ -82,13 +82,13 @@ DRIFT_REQUESTS = bentoml.metrics.Gauge(
 
 def model_health(component: str, model_name: str):
     """The ModelHealth of one served model (recsys.health), wired to the gauges above."""
-    from recsys.artifacts import model_path
+    from recsys.artifacts import stored_model
     from recsys.health import DriftReading, ModelHealth
 
     def locate(version: str):
         try:
-            path, full = model_path(version, model_name)
-            return path, bentoml.models.get(full).info.creation_time.timestamp()
+            model = stored_model(version, model_name, store_dir=SETTINGS.model_dir or None)
+            return model.path, model.created
         except Exception:  # a model from elsewhere (tests): no snapshot, no age
             return None, None
 

@@ -37,7 +37,9 @@ from services.retrieval import Retrieval
 
 def load_popular():
     """The trending list shipped with the retrieval model: the answer when retrieval is down."""
-    path, tag = model_path(SETTINGS.retrieval_model_tag, RETRIEVAL_MODEL)
+    path, tag = model_path(
+        SETTINGS.retrieval_model_tag, RETRIEVAL_MODEL, store_dir=SETTINGS.model_dir or None
+    )
     return json.loads((path / POPULAR_FILE).read_text()), tag
 
 
