@@ -63,7 +63,10 @@ def retrain(
     ] = None,
     train_config: Annotated[
         str | None,
-        typer.Option(help='JSON overrides of TrainConfig, e.g. {"embedding": {"iterations": 8}}'),
+        typer.Option(
+            envvar="RECSYS_TRAIN_CONFIG",
+            help='JSON overrides of TrainConfig, e.g. {"embedding": {"iterations": 8}}',
+        ),
     ] = None,
 ) -> None:
     """Continuous training: check the new data, train, gate, preflight, publish, canary."""

@@ -401,6 +401,7 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
     from recsys.errors import ModelMissingError
     from recsys.health import snapshot_for
     from recsys.pipeline import train_pipeline
+    from recsys.rollout.preflight import linked_retrieval
 
     with reporter.step("load") as note:
         source = load_source(config.source)
@@ -408,7 +409,10 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
         # `latest` may be missing (the first run); a named stable model must be found.
         try:
             if config.model_store and config.stable_ranking != "latest":
+                # The preflight scores the stable pair: the ranker and the retrieval model it
+                # was trained with.
                 import_model(config.stable_ranking, config.model_store)
+                import_model(linked_retrieval(config.stable_ranking), config.model_store)
             stable = resolve_tag(config.stable_ranking, RANKING_MODEL)
         except ModelMissingError:
             if config.stable_ranking != "latest":
