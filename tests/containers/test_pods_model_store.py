@@ -183,9 +183,12 @@ def test_a_tag_missing_from_the_store_stops_the_pod_at_its_init_container(
             "retrieval.modelTag=recsys-retrieval:notinthestore",
         ],
     )
-    with running_stack(
-        "store-missing", objects, docker_bin, built_image, only=[], claims=_claims(volumes)
-    ) as stack, pytest.raises(RuntimeError) as failure:
+    with (
+        running_stack(
+            "store-missing", objects, docker_bin, built_image, only=[], claims=_claims(volumes)
+        ) as stack,
+        pytest.raises(RuntimeError) as failure,
+    ):
         stack.start(RETRIEVAL)
     message = str(failure.value)
     assert "init container import-models exited" in message
