@@ -73,7 +73,9 @@ class Ranking(StageService):
 
     def __init__(self) -> None:
         self.start_loading(
-            lambda: load_ranker(SETTINGS.ranking_model_tag), check_ranker, RANKING_MODEL
+            lambda: load_ranker(SETTINGS.ranking_model_tag, SETTINGS.model_dir or None),
+            check_ranker,
+            RANKING_MODEL,
         )
         self.batcher = (
             MicroBatcher(

@@ -25,6 +25,7 @@ from services.common import (
     MODEL_INFO,
     SETTINGS,
     LocalStage,
+    WorkerReadiness,
     depends_on_stage,
     install_tracing,
     protect,
@@ -37,7 +38,9 @@ from services.retrieval import Retrieval
 
 def load_popular():
     """The trending list shipped with the retrieval model: the answer when retrieval is down."""
-    path, tag = model_path(SETTINGS.retrieval_model_tag, RETRIEVAL_MODEL)
+    path, tag = model_path(
+        SETTINGS.retrieval_model_tag, RETRIEVAL_MODEL, store_dir=SETTINGS.model_dir or None
+    )
     return json.loads((path / POPULAR_FILE).read_text()), tag
 
 
@@ -68,6 +71,7 @@ class Recommender(GatewayAPI):
         self.popular = BackgroundModel("popularity", load_popular, check_popular)
         # Resolving the stages (self.retrieval, self.ranking) starts loading in-process models.
         self.stage_handles = (self.retrieval, self.ranking)
+        self.readiness = WorkerReadiness("Recommender", self.models_ready)
         self.pipeline = RecommendPipeline(
             settings=SETTINGS,
             retrieve=self._retriever(),
@@ -108,6 +112,10 @@ class Recommender(GatewayAPI):
         )
 
     def __is_ready__(self) -> bool:
+        return self.readiness()
+
+    def models_ready(self) -> bool:
+        """This worker's popularity list and in-process stages are loaded and self-tested."""
         in_process = [s for s in self.stage_handles if isinstance(s, LocalStage)]
         ready = self.popular.ready and all(stage.ready for stage in in_process)
         if self.popular.ready:

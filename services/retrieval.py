@@ -48,7 +48,9 @@ class Retrieval(StageService):
 
     def __init__(self) -> None:
         self.start_loading(
-            lambda: load_retrieval(SETTINGS.retrieval_model_tag), check_retrieval, RETRIEVAL_MODEL
+            lambda: load_retrieval(SETTINGS.retrieval_model_tag, SETTINGS.model_dir or None),
+            check_retrieval,
+            RETRIEVAL_MODEL,
         )
 
     def _candidates(
