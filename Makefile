@@ -54,7 +54,7 @@ run: setup ## The main job: data + train (when no model is stored), then serve o
 	$(BIN)/recsys serve --port 3000 --data $(DATA) --report $(REPORT)
 
 retrain-demo: setup ## Continuous-training loop locally: serve, new day, retrain, gate, preflight, canary (dry run), broken day refused
-	BENTOML_HOME=$(CURDIR)/reports/retrain-demo/bentoml $(PY) -m recsys.retrain_demo --workdir reports/retrain-demo
+	BENTOML_HOME=$(CURDIR)/reports/retrain-demo/bentoml $(PY) -m recsys.ops.retrain_demo --workdir reports/retrain-demo
 
 evaluate: setup ## Evaluate the latest stored models on $(DATA)'s test window
 	$(BIN)/recsys evaluate --data $(DATA)

@@ -8,7 +8,7 @@ search-time settings to draw recall@10 (against exact search) vs queries/s curve
 Every method searches single-threaded, with the whole query batch per call (ScaNN
 `search_batched`, FAISS `search`, one BLAS matmul per block for brute force), so the rates
 compare algorithms, not thread counts. ScaNN is built the project's way
-(`recsys.retrieval.build_index`) for each `IndexConfig` variant in `BenchConfig.scann_builds`;
+(`recsys.model.retrieval.build_index`) for each `IndexConfig` variant in `BenchConfig.scann_builds`;
 its search grid is expressed as the share of leaves searched (`leaves_to_search_share`) and
 the reorder depth, so one setting means the same at every catalog size. The project's default
 `IndexConfig`, searched with the searcher's own defaults (as `measure_recall` does), is its own
@@ -24,7 +24,7 @@ from dataclasses import asdict, replace
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from recsys.retrieval import IndexConfig, build_index
+from recsys.model.retrieval import IndexConfig, build_index
 
 RECALL_TARGET = 0.95
 # The recommended IndexConfig keeps this much recall above the target at every size: room for

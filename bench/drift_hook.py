@@ -21,7 +21,7 @@ def main(requests: int = 20_000, candidates: int = 200) -> dict[str, float]:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="drift-bench-"))
     from prometheus_client import Gauge
 
-    from recsys.health import Bins, HealthSettings, ModelHealth, TrainingSnapshot
+    from recsys.model.health import Bins, HealthSettings, ModelHealth, TrainingSnapshot
 
     rng = np.random.default_rng(0)
     categories = [f"c{i:02d}" for i in range(24)]

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.stats import summarize_ms
-from recsys.ranking import candidate_features
+from recsys.model.ranking import candidate_features
 from recsys.serving import ServingSettings, rank_columns, top_k_items
 
 WARMUP_REQUESTS = 50

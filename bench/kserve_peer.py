@@ -59,7 +59,7 @@ def make_model_class():
     from kserve.errors import InvalidInput
 
     from bench.inprocess import recommend_in_process
-    from recsys.artifacts import load_ranker_dir, load_retrieval_dir
+    from recsys.model.artifacts import load_ranker_dir, load_retrieval_dir
 
     class TwoStageModel(kserve.Model):
         """retrieve -> rank -> top k for each instance `{"user_id": str, "k": int}`."""

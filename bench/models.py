@@ -44,8 +44,8 @@ class TrainedModels:
 
 def synth_and_train_configs(config: BenchConfig):
     """The SynthConfig and TrainConfig a benchmark run trains with."""
-    from recsys.data.synth import SynthConfig
-    from recsys.pipeline import TrainConfig
+    from recsys.model.data.synth import SynthConfig
+    from recsys.model.pipeline import TrainConfig
 
     synth = SynthConfig(
         n_users=config.users, n_items=config.items, n_events=config.events, seed=config.seed
@@ -106,9 +106,9 @@ def prepare_models(config: BenchConfig, out: Path, log=print) -> TrainedModels:
             log(f"reusing models {record['retrieval_tag']}, {record['ranking_tag']}")
             return TrainedModels(**{**record, "bentoml_home": str(home), "reused": True})
 
-    from recsys.artifacts import save_models
-    from recsys.data.synth import generate
-    from recsys.pipeline import train_pipeline
+    from recsys.model.artifacts import save_models
+    from recsys.model.data.synth import generate
+    from recsys.model.pipeline import train_pipeline
 
     start = time.perf_counter()
     log(f"generating {synth.n_items} items, {synth.n_users} users, {synth.n_events} events")
@@ -134,7 +134,7 @@ def prepare_models(config: BenchConfig, out: Path, log=print) -> TrainedModels:
 
 def load_models(models: TrainedModels):
     """The stored RetrievalModel and Ranker, loaded the way the services load them."""
-    from recsys.artifacts import load_ranker, load_retrieval
+    from recsys.model.artifacts import load_ranker, load_retrieval
 
     retrieval, _ = load_retrieval(models.retrieval_tag)
     ranker, _ = load_ranker(models.ranking_tag)

@@ -87,7 +87,7 @@ def machine_info() -> dict:
 
 
 def load_slo() -> dict:
-    from recsys.slo import load_slo as read_slo
+    from recsys.ops.slo import load_slo as read_slo
 
     recommend = read_slo().endpoints["recommend"]
     return {"p95_ms": recommend.p95_ms, "min_rps": recommend.min_rps}

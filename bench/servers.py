@@ -6,7 +6,7 @@
 - single:  the same API with both stages inside the gateway (one process);
 - kserve:  the peer, one KServe `ModelServer` model (`bench.kserve_peer`).
 
-The BentoML forms are started by `recsys.stack.start_stack`, as the image runs each service
+The BentoML forms are started by `recsys.ops.stack.start_stack`, as the image runs each service
 (`start-http-server`). A `-wN` suffix runs N workers per service (e.g. `single-w2`), `-nobatch`
 turns the micro-batching off (e.g. `default-nobatch`). All of
 them load the same stored models, freeze the garbage collector's heap after loading them (the
@@ -29,9 +29,9 @@ from pathlib import Path
 
 from bench.kserve_peer import MODEL_NAME
 from bench.models import TrainedModels
-from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
+from recsys.model.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
 from recsys.ops.processes import kill_processes, process_tree, start_logged
-from recsys.stack import REPO_ROOT, ServerProcess, Stack, free_port, start_stack
+from recsys.ops.stack import REPO_ROOT, ServerProcess, Stack, free_port, start_stack
 
 READY_TIMEOUT_S = 300.0
 

@@ -1,10 +1,11 @@
 """The SLO gate, part 1 of 3: loading the per-endpoint thresholds of the SLO file.
 
 Where the project is installed (`python -m loadtests.run`, the tests) the SLO file is read and
-validated by the project's loader, `recsys.slo.load_slo`: the one validator of record, which reads
-YAML and JSON alike. In the Helm chart's Job (stock Locust image: no `recsys`, no PyYAML) the chart
-renders the same numbers as JSON (`toJson`), so the standard library reads them; that copy of
-slo.yaml was validated where it was made (tests/helm checks it is slo.yaml's byte copy).
+validated by the project's loader, `recsys.ops.slo.load_slo`: the one validator of record,
+which reads YAML and JSON alike. In the Helm chart's Job (stock Locust image: no `recsys`, no
+PyYAML) the chart renders the same numbers as JSON (`toJson`), so the standard library reads
+them; that copy of slo.yaml was validated where it was made (tests/helm checks it is
+slo.yaml's byte copy).
 
 Evaluation is in gate_checks.py, the verdict and exit code in gate_verdict.py.
 """
@@ -45,7 +46,7 @@ def load_thresholds(path: str | os.PathLike[str]) -> dict[str, EndpointThreshold
     """
     try:
         from recsys.errors import ConfigError
-        from recsys.slo import load_slo
+        from recsys.ops.slo import load_slo
     except ImportError:  # the stock Locust image: the chart's JSON rendering
         return thresholds_from_json(path)
     try:

@@ -199,7 +199,7 @@ class CPUAccount:
 
 def write_known_users(directory: Path) -> str:
     """The stored retrieval model's user ids, one per line (imports the project's model code)."""
-    from recsys.artifacts import load_retrieval
+    from recsys.model.artifacts import load_retrieval
     from recsys.serving import ServingSettings
 
     model, tag = load_retrieval(ServingSettings().retrieval_model_tag)
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, users_file = args.host, args.users_file
         if not host:
             from recsys.errors import RecsysError
-            from recsys.stack import serve_stack
+            from recsys.ops.stack import serve_stack
 
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsys-lt-")))
             try:

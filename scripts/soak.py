@@ -31,7 +31,7 @@ from recsys.errors import StackNotReadyError
 from recsys.ops.bentoml_home import model_store
 from recsys.ops.durations import DurationError, parse_duration
 from recsys.ops.processes import process_tree
-from recsys.stack import REPO_ROOT
+from recsys.ops.stack import REPO_ROOT
 
 MAX_DURATION_S = 24 * 3600
 SERVICES = ("Retrieval", "Ranking", "Recommender")

@@ -18,7 +18,7 @@ from _bentoml_sdk.service.dependency import Dependency
 from pydantic import SecretStr
 from starlette.responses import Response
 
-from recsys.health import ModelHealth
+from recsys.model.health import ModelHealth
 from recsys.serving import BackgroundModel, ModelNotReady, ServingSettings, inject_faults
 
 SETTINGS = ServingSettings()
@@ -92,9 +92,9 @@ DRIFT_REQUESTS = bentoml.metrics.Gauge(
 
 
 def model_health(component: str, model_name: str):
-    """The ModelHealth of one served model (recsys.health), wired to the gauges above."""
-    from recsys.artifacts import stored_model
-    from recsys.health import DriftReading, ModelHealth
+    """The ModelHealth of one served model (recsys.model.health), wired to the gauges above."""
+    from recsys.model.artifacts import stored_model
+    from recsys.model.health import DriftReading, ModelHealth
 
     def locate(version: str):
         try:

@@ -9,8 +9,8 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from recsys.artifacts import RANKING_MODEL, load_ranker
 from recsys.batching import MicroBatcher
+from recsys.model.artifacts import RANKING_MODEL, load_ranker
 from recsys.serving import ItemId, UserId, rank_columns_many
 from recsys.tracing import hash_id, set_attributes
 from services.common import (

@@ -15,10 +15,10 @@ import json
 
 import bentoml
 
-from recsys.artifacts import RETRIEVAL_MODEL, model_path
 from recsys.batching import MicroBatcher
 from recsys.gateway import CircuitBreaker, RecommendPipeline
-from recsys.retrieval import POPULAR_FILE
+from recsys.model.artifacts import RETRIEVAL_MODEL, model_path
+from recsys.model.retrieval import POPULAR_FILE
 from recsys.serving import BackgroundModel
 from services.common import (
     BATCH_SIZE,

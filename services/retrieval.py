@@ -7,7 +7,7 @@ from typing import Annotated
 import bentoml
 from pydantic import BaseModel, Field
 
-from recsys.artifacts import RETRIEVAL_MODEL, load_retrieval
+from recsys.model.artifacts import RETRIEVAL_MODEL, load_retrieval
 from recsys.serving import ItemId, UserId
 from recsys.tracing import hash_id, set_attributes
 from services.common import (

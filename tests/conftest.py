@@ -18,8 +18,8 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 import pytest  # noqa: E402
 
-from recsys.data.synth import TINY_SYNTH, generate  # noqa: E402
-from recsys.pipeline import TrainConfig  # noqa: E402
+from recsys.model.data.synth import TINY_SYNTH, generate  # noqa: E402
+from recsys.model.pipeline import TrainConfig  # noqa: E402
 
 tiny_train_config = TrainConfig.tiny
 
@@ -35,7 +35,7 @@ def tiny_data():
 
 @pytest.fixture(scope="session")
 def tiny_result(tiny_data):
-    from recsys.pipeline import train_pipeline
+    from recsys.model.pipeline import train_pipeline
 
     return train_pipeline(tiny_data.interactions, tiny_data.catalog, tiny_train_config())
 
@@ -48,7 +48,7 @@ def bentoml_home() -> Path:
 @pytest.fixture(scope="module")
 def saved_tags(tiny_result) -> dict[str, str]:
     """The tiny models saved to the store; per module, so they are `latest` for its tests."""
-    from recsys.artifacts import save_models
+    from recsys.model.artifacts import save_models
 
     return save_models(tiny_result)
 

@@ -2,8 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from recsys.artifacts import list_models, load_ranker, load_retrieval, resolve_tag, save_models
 from recsys.errors import ModelCorruptError, ModelMissingError
+from recsys.model.artifacts import (
+    list_models,
+    load_ranker,
+    load_retrieval,
+    resolve_tag,
+    save_models,
+)
 
 
 @pytest.fixture(scope="module")

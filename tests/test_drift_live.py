@@ -14,7 +14,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from recsys.stack import serve_stack
+from recsys.ops.stack import serve_stack
 
 pytestmark = pytest.mark.serving
 WINDOW = 40
@@ -22,8 +22,8 @@ WINDOW = 40
 
 @pytest.fixture(scope="module")
 def health_tags(tiny_result, tiny_data) -> dict[str, str]:
-    from recsys.artifacts import save_models
-    from recsys.health import snapshot_for
+    from recsys.model.artifacts import save_models
+    from recsys.model.health import snapshot_for
 
     return save_models(tiny_result, snapshot=snapshot_for(tiny_result, tiny_data.interactions))
 

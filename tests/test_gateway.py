@@ -8,7 +8,7 @@ import json
 import pytest
 
 from recsys.gateway import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RecommendPipeline
-from recsys.retrieval import candidate_rows
+from recsys.model.retrieval import candidate_rows
 from recsys.serving import ServingSettings, cap_categories, fallback_reason
 
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from recsys.pipeline import train_pipeline
-from recsys.report import write_report
+from recsys.model.pipeline import train_pipeline
+from recsys.model.report import write_report
 from tests.conftest import tiny_train_config
 
 pytestmark = pytest.mark.integration

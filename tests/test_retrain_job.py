@@ -22,8 +22,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from recsys.errors import ModelMissingError
-from recsys.stack import REPO_ROOT
-from recsys.training_job import RetrainConfig, run_retrain
+from recsys.ops.stack import REPO_ROOT
+from recsys.ops.training_job import RetrainConfig, run_retrain
 
 TINY_OVERRIDES = {
     "validation_days": 10,
@@ -47,7 +47,7 @@ def _metrics(path: Path) -> dict[tuple[str, tuple], float]:
 
 
 def _store_tags() -> list[str]:
-    from recsys.artifacts import list_models
+    from recsys.model.artifacts import list_models
 
     return sorted(row["tag"] for row in list_models())
 
@@ -141,7 +141,7 @@ def test_run_metrics_are_valid_prometheus_text(loop):
 def test_models_are_published_and_import_back(loop, tmp_path):
     import bentoml
 
-    from recsys.artifacts import load_ranker
+    from recsys.model.artifacts import load_ranker
 
     store = loop["work"] / "model-store"
     tag = loop["second"].candidate["ranking"]
@@ -166,7 +166,7 @@ def test_import_into_a_pod_model_dir_and_load_from_it(loop, tmp_path):
     empty model directory, then loaded from it in place of the default store's."""
     import bentoml
 
-    from recsys.artifacts import load_ranker, load_retrieval, stored_model
+    from recsys.model.artifacts import load_ranker, load_retrieval, stored_model
 
     store, model_dir = loop["work"] / "model-store", tmp_path / "pod-models"
     tags = loop["second"].candidate
@@ -343,7 +343,7 @@ def test_each_step_posts_a_kubernetes_event(source, days, tmp_path, monkeypatch)
     job's pod, Warning for the refusal."""
     from kubernetes import client
 
-    from recsys.training_job import KubeEvents
+    from recsys.ops.training_job import KubeEvents
 
     _, new_day, _ = days
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKubeAPI)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recsys.stack import (
+from recsys.ops.stack import (
     REPO_ROOT,
     STAGES,
     free_port,
@@ -208,8 +208,8 @@ def test_concurrent_requests_are_batched_and_answered_alike(stack, client, tiny_
 
 
 def offline_top_k(tiny_result, user_ids: list[str], k: int) -> dict[str, list[str]]:
-    """The evaluation's two-stage top k (`recsys.evaluate.recommend_all`), as item ids."""
-    from recsys.evaluate import recommend_all
+    """The evaluation's two-stage top k (`recsys.model.evaluate.recommend_all`), as item ids."""
+    from recsys.model.evaluate import recommend_all
 
     retrieval = tiny_result.retrieval
     lists, _ = recommend_all(retrieval, tiny_result.ranker, user_ids, k, num_candidates=200)

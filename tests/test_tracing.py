@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 
-from recsys.otlp import OtlpReceiver, ReceivedSpan, run_receiver
-from recsys.stack import serve_stack
+from recsys.ops.otlp import OtlpReceiver, ReceivedSpan, run_receiver
+from recsys.ops.stack import serve_stack
 
 pytestmark = pytest.mark.serving
 

@@ -23,7 +23,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from recsys.stack import REPO_ROOT, free_port, http_status, start_service
+from recsys.ops.stack import REPO_ROOT, free_port, http_status, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.serving]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from recsys.ops.bentoml_home import private_home
 from recsys.ops.processes import kill_tree
-from recsys.stack import ServerProcess, free_port, start_service
+from recsys.ops.stack import ServerProcess, free_port, start_service
 
 STAGES = ("Retrieval", "Ranking")
 

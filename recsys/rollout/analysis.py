@@ -24,7 +24,7 @@ from recsys.ops import durations
 from recsys.rollout.errors import RolloutError, UnknownComponentError
 
 if TYPE_CHECKING:
-    from recsys.slo import SLOFile
+    from recsys.ops.slo import SLOFile
 
 COMPONENTS = ("gateway", "retrieval", "ranking")
 # BentoML service (the `runner_name` label) that serves each component.

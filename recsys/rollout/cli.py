@@ -2,7 +2,7 @@
 
 Only typer is imported here; each command imports what it needs, so `recsys --help` stays fast.
 Exit codes: 0 pass / done, 1 fail (analysis or preflight) or rolled back, 2 error (one line,
-from recsys.cli.main), 3 inconclusive (or held for lack of evidence).
+from recsys.cli.main.main), 3 inconclusive (or held for lack of evidence).
 """
 
 from __future__ import annotations
@@ -241,8 +241,8 @@ class AnalysisOptions:
 
     def limits(self):
         """The thresholds: the SLO file's endpoint objectives with the overrides applied."""
+        from recsys.ops.slo import load_slo
         from recsys.rollout.analysis import Thresholds
-        from recsys.slo import load_slo
 
         return Thresholds.from_slo(load_slo(self.slo), self.slo_endpoint).with_overrides(
             p95_ms=self.p95_ms,

@@ -2,8 +2,8 @@
 
 - `PrometheusServer`: the Debian `prometheus` binary with a generated config (scrape every
   second), its own storage directory and port, stopped with its process group.
-- `start_stacks`: a stable and a canary serving stack (`recsys.stack.start_stack`), each labelled
-  with its `track` in the scrape config, started side by side.
+- `start_stacks`: a stable and a canary serving stack (`recsys.ops.stack.start_stack`), each
+  labelled with its `track` in the scrape config, started side by side.
 - `TrafficDriver`: a bounded pool of threads POSTing /recommend; W percent of requests go to the
   canary stack. It stands in for the traffic split that the chart's replicas, HTTPRoute weights
   or KServe's canaryTrafficPercent make in a cluster.
@@ -220,9 +220,9 @@ def start_stacks(
     """Start several stacks at once ({name: (port, env)}) and wait until all are ready.
 
     Returns:
-        {name: recsys.stack.Stack}. On failure every started stack is stopped.
+        {name: recsys.ops.stack.Stack}. On failure every started stack is stopped.
     """
-    from recsys.stack import start_stack
+    from recsys.ops.stack import start_stack
 
     servers = {}
     try:

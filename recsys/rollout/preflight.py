@@ -99,7 +99,7 @@ def linked_retrieval(ranking_tag: str) -> str:
     """The retrieval model a ranking model was trained with (its `retrieval_tag` label)."""
     import bentoml
 
-    from recsys.artifacts import RANKING_MODEL, resolve_tag
+    from recsys.model.artifacts import RANKING_MODEL, resolve_tag
 
     full = resolve_tag(ranking_tag, RANKING_MODEL)
     linked = bentoml.models.get(full).info.labels.get("retrieval_tag")
@@ -116,8 +116,8 @@ def _score(
 ) -> PairScore:
     import bentoml
 
-    from recsys.artifacts import load_ranker, load_retrieval
-    from recsys.evaluate import evaluate_models, held_out_relevance
+    from recsys.model.artifacts import load_ranker, load_retrieval
+    from recsys.model.evaluate import evaluate_models, held_out_relevance
 
     retrieval, full_retrieval = load_retrieval(retrieval_tag)
     ranker, full_ranking = load_ranker(ranking_tag)
@@ -162,10 +162,10 @@ def run_preflight(
     """
     import bentoml
 
-    from recsys.artifacts import RANKING_MODEL, resolve_tag
-    from recsys.data.loaders import load_dataset, load_movielens
-    from recsys.data.validate import validate_dataset
-    from recsys.pipeline import TrainConfig, make_split
+    from recsys.model.artifacts import RANKING_MODEL, resolve_tag
+    from recsys.model.data.loaders import load_dataset, load_movielens
+    from recsys.model.data.validate import validate_dataset
+    from recsys.model.pipeline import TrainConfig, make_split
 
     compare_ndcg(1.0, 1.0, tolerance)  # validates the tolerance before the slow part
     stable_full = resolve_tag(stable_ranking, RANKING_MODEL)

@@ -60,9 +60,9 @@ class RehearsalConfig:
 
 def _train_and_print_tags() -> None:
     """Train seeded tiny models into $BENTOML_HOME and print their tags as JSON (subprocess)."""
-    from recsys.artifacts import save_models
-    from recsys.data.synth import TINY_SYNTH, generate
-    from recsys.pipeline import TrainConfig, train_pipeline
+    from recsys.model.artifacts import save_models
+    from recsys.model.data.synth import TINY_SYNTH, generate
+    from recsys.model.pipeline import TrainConfig, train_pipeline
 
     data = generate(TINY_SYNTH)
     result = train_pipeline(data.interactions, data.catalog, TrainConfig.tiny())
@@ -106,7 +106,7 @@ def rehearsal_thresholds(latency_factor: float, latency_slack_ms: float = 10.0) 
     apart (0.03, 0.04, 0.05 s); two identical stacks can differ by one bucket, so differences
     below one bucket width do not count against the canary.
     """
-    from recsys.slo import load_slo
+    from recsys.ops.slo import load_slo
 
     limits = Thresholds.from_slo(load_slo())
     return replace(
@@ -239,6 +239,7 @@ def run_phase(
 def rehearse(config: RehearsalConfig, console: Console | None = None) -> int:
     """Run the whole rehearsal; returns 0 when the healthy canary was promoted and the bad one
     rolled back automatically, else 1."""
+    from recsys.ops.stack import free_port
     from recsys.rollout.localstack import (
         TrafficDriver,
         find_prometheus,
@@ -248,7 +249,6 @@ def rehearse(config: RehearsalConfig, console: Console | None = None) -> int:
         start_stacks,
     )
     from recsys.rollout.progressive import RunPolicy, parse_steps
-    from recsys.stack import free_port
 
     console = console or Console()
     steps = parse_steps(config.steps)

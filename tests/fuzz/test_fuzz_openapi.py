@@ -48,8 +48,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from recsys.ops.stack import ServerProcess, free_port, stage_token, start_all, start_service
 from recsys.serving import ServingSettings
-from recsys.stack import ServerProcess, free_port, stage_token, start_all, start_service
 from tests.stage_calls import VALID_CALLS
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]
@@ -115,7 +115,7 @@ def _stop(server: ServerProcess) -> None:
 
 @pytest.fixture(scope="module")
 def services(tiny_result, bentoml_home, tmp_path_factory):
-    from recsys.artifacts import save_models
+    from recsys.model.artifacts import save_models
 
     save_models(tiny_result)
     root = tmp_path_factory.mktemp("fuzz")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys.stack import REPO_ROOT, serve_stack
+from recsys.ops.stack import REPO_ROOT, serve_stack
 from tests.slo_verdict import judge_latency_only_breach
 
 

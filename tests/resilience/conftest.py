@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from resilience_support import FIGURES
 
-from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL
+from recsys.model.artifacts import RANKING_MODEL, RETRIEVAL_MODEL
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def model_versions(tiny_result, bentoml_home, tmp_path_factory) -> ModelVersions
     The third ranking version is corrupted in the copy only (its booster truncated), so the
     session's shared store, which other tests load `latest` from, stays intact.
     """
-    from recsys.artifacts import save_models
+    from recsys.model.artifacts import save_models
 
     old, new, spare = (save_models(tiny_result) for _ in range(3))
     store = tmp_path_factory.mktemp("resilience-store") / "models"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from recsys.stack import ServerProcess, free_port, http_status
+from recsys.ops.stack import ServerProcess, free_port, http_status
 
 # Figures of every scenario in this session: (title, {name: value}); printed by conftest.py.
 FIGURES: list[tuple[str, dict]] = []

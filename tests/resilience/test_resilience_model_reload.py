@@ -28,8 +28,8 @@ from loadtests.request_log import (
     timed_out,
 )
 from recsys.ops.polling import wait_for
+from recsys.ops.stack import http_status
 from recsys.ops.topology import Topology
-from recsys.stack import http_status
 
 pytestmark = [pytest.mark.serving, pytest.mark.loadtest, pytest.mark.timeout(600)]
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from recsys.ops.slo import DEFAULT_SLO_FILE, load_slo
 from recsys.rollout.analysis import (
     AnalysisTarget,
     CheckStatus,
@@ -23,7 +24,6 @@ from recsys.rollout.analysis import (
     validate_selector,
 )
 from recsys.rollout.errors import RolloutError, UnknownComponentError
-from recsys.slo import DEFAULT_SLO_FILE, load_slo
 
 LIMITS = Thresholds(
     p95_ms=25,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recsys.stack import free_port
+from recsys.ops.stack import free_port
 
 BASE_VALUES = {"image": {"tag": "1.0.0"}, "ranking": {"modelTag": "recsys-ranking:bbb"}}
 

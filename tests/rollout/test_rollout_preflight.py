@@ -26,7 +26,7 @@ def test_tolerance_is_relative():
 
 @pytest.fixture(scope="module")
 def data_dir(tiny_data, tmp_path_factory):
-    from recsys.data.loaders import save_dataset
+    from recsys.model.data.loaders import save_dataset
 
     return save_dataset(
         tiny_data.interactions, tiny_data.catalog, tmp_path_factory.mktemp("preflight-data")
@@ -36,7 +36,7 @@ def data_dir(tiny_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_versions(tiny_result):
     """The same trained pair stored twice: two versions with identical quality."""
-    from recsys.artifacts import save_models
+    from recsys.model.artifacts import save_models
 
     return save_models(tiny_result), save_models(tiny_result)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from recsys.ops.stack import free_port
 from recsys.rollout.analysis import AnalysisTarget, CheckStatus, Verdict
 from recsys.rollout.localstack import (
     TrafficDriver,
@@ -34,7 +35,6 @@ from recsys.rollout.localstack import (
 from recsys.rollout.progressive import RunPolicy
 from recsys.rollout.prometheus import PrometheusClient, analyze
 from recsys.rollout.rehearsal import SELECTOR, rehearsal_thresholds, run_phase
-from recsys.stack import free_port
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.serving]
 
@@ -84,7 +84,7 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def model_tags(tiny_result) -> dict[str, str]:
-    from recsys.artifacts import save_models
+    from recsys.model.artifacts import save_models
 
     return save_models(tiny_result)
 

@@ -260,7 +260,7 @@ def test_kserve_status_reads_traffic_and_revisions(stub_server, tmp_path):
 def test_missing_release_and_unreachable_api_are_typed_errors(stub_server, tmp_path):
     with pytest.raises(ReleaseNotFoundError, match="release 'recsys'"):
         status_of(stub_server, tmp_path, {})
-    from recsys.stack import free_port
+    from recsys.ops.stack import free_port
 
     client = api_client(str(kubeconfig(tmp_path, f"http://127.0.0.1:{free_port()}")))
     client.configuration.retries = 0

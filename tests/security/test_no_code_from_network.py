@@ -24,7 +24,7 @@ import psutil
 import pytest
 from security_support import PICKLE, TOKEN_HEADER, pickle_payload, send_pickle
 
-from recsys.stack import serve_all, serve_stack, stage_token
+from recsys.ops.stack import serve_all, serve_stack, stage_token
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from security_support import TOKEN_HEADER
 
-from recsys.stack import free_port, serve_stack, stage_token, start_service
+from recsys.ops.stack import free_port, serve_stack, stage_token, start_service
 from tests.stage_calls import VALID_CALLS
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]

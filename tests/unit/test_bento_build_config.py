@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from recsys.stack import REPO_ROOT
+from recsys.ops.stack import REPO_ROOT
 
 
 def test_bentoml_reads_the_build_config_from_pyproject():

@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.data import schema
-from recsys.features import FEATURE_NAMES, build_feature_tables
-from recsys.ranking import Ranker
-from recsys.vocab import Vocabulary
+from recsys.model.data import schema
+from recsys.model.features import FEATURE_NAMES, build_feature_tables
+from recsys.model.ranking import Ranker
+from recsys.model.vocab import Vocabulary
 
 
 def _vocabs(events, catalog):
@@ -43,7 +43,7 @@ def test_tables_reflect_only_the_past(tiny_data):
 
 def test_serving_features_equal_training_features(tiny_result, tmp_path):
     """The Ranking service path (ids in, loaded artifact) equals the training path (indices)."""
-    from recsys.ranking import candidate_features
+    from recsys.model.ranking import candidate_features
 
     retrieval, ranker = tiny_result.retrieval, tiny_result.ranker
     ranker.save(tmp_path / "ranker")

@@ -1,4 +1,5 @@
-"""recsys.health: PSI, the training snapshot saved with the models, the sliding-window monitor."""
+"""recsys.model.health: PSI, the training snapshot saved with the models, the sliding-window
+monitor."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from recsys.health import (
+from recsys.model.health import (
     OTHER_CATEGORY,
     Bins,
     DriftMonitor,
@@ -55,7 +56,7 @@ def test_snapshot_describes_the_newest_window(snapshot, tiny_data, tiny_result):
 
 
 def test_snapshot_is_saved_in_both_models_under_the_manifest(tiny_result, snapshot):
-    from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path, save_models
+    from recsys.model.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path, save_models
 
     tags = save_models(tiny_result, snapshot=snapshot)
     for name, tag in ((RETRIEVAL_MODEL, tags["retrieval"]), (RANKING_MODEL, tags["ranking"])):

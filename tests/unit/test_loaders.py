@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from recsys.data import schema
-from recsys.data.loaders import load_dataset, load_interactions, load_movielens, save_dataset
 from recsys.errors import DataError
+from recsys.model.data import schema
+from recsys.model.data.loaders import load_dataset, load_interactions, load_movielens, save_dataset
 
 
 def test_parquet_and_csv_round_trip(tiny_data, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from loadtests.gate_thresholds import EndpointThresholds, SLOFileError, load_thresholds
-from recsys.slo import DEFAULT_SLO_FILE, load_slo
+from recsys.ops.slo import DEFAULT_SLO_FILE, load_slo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_SLO_FILE = REPO_ROOT / "helm" / "recsys" / "files" / "slo.yaml"
@@ -19,7 +19,7 @@ CHART_SLO_FILE = REPO_ROOT / "helm" / "recsys" / "files" / "slo.yaml"
 @pytest.fixture
 def without_project_or_yaml(monkeypatch):
     """Imports as in the stock Locust image: neither recsys nor PyYAML can be imported."""
-    for name in ("recsys", "recsys.slo", "recsys.errors", "yaml"):
+    for name in ("recsys", "recsys.ops.slo", "recsys.errors", "yaml"):
         monkeypatch.setitem(sys.modules, name, None)
 
 

@@ -10,7 +10,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from recsys.metrics import (
+from recsys.model.metrics import (
     average_precision_at_k,
     catalog_coverage,
     evaluate_lists,

@@ -1,6 +1,6 @@
 import numpy as np
 
-from recsys.ranking import Ranker
+from recsys.model.ranking import Ranker
 
 
 def test_ranker_round_trip_and_unknown_items(tiny_result, tmp_path):

@@ -8,7 +8,7 @@ import importlib.util
 
 import pytest
 
-from recsys.stack import REPO_ROOT
+from recsys.ops.stack import REPO_ROOT
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from recsys.retrieval import IndexConfig, RetrievalModel, build_index, index_kind, measure_recall
+from recsys.model.retrieval import (
+    IndexConfig,
+    RetrievalModel,
+    build_index,
+    index_kind,
+    measure_recall,
+)
 
 
 def test_index_kind_follows_catalog_size():

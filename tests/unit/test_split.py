@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from recsys.data import schema
-from recsys.data.split import chronological_split, random_split
 from recsys.errors import DataError
+from recsys.model.data import schema
+from recsys.model.data.split import chronological_split, random_split
 
 
 def test_chronological_windows_are_ordered_and_disjoint(tiny_data):

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.data import schema
-from recsys.data.synth import SynthConfig, generate
+from recsys.model.data import schema
+from recsys.model.data.synth import SynthConfig, generate
 from tests.conftest import TINY_SYNTH
 
 

@@ -3,9 +3,9 @@ import json
 import pandas as pd
 import pytest
 
-from recsys.data import schema
-from recsys.data.validate import parse_timestamps, validate_dataset
 from recsys.errors import DataValidationError
+from recsys.model.data import schema
+from recsys.model.data.validate import parse_timestamps, validate_dataset
 
 
 def _catalog():

@@ -18,20 +18,26 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from recsys.data import schema
-from recsys.data.split import Split, chronological_split, random_split
-from recsys.data.validate import ValidationReport, validate_dataset
-from recsys.evaluate import evaluate_models, held_out_relevance, promotion_decision
-from recsys.features import build_feature_tables
-from recsys.ranking import Ranker, RankerConfig, RankingExamples, candidate_features, train_ranker
-from recsys.retrieval import (
+from recsys.model.data import schema
+from recsys.model.data.split import Split, chronological_split, random_split
+from recsys.model.data.validate import ValidationReport, validate_dataset
+from recsys.model.evaluate import evaluate_models, held_out_relevance, promotion_decision
+from recsys.model.features import build_feature_tables
+from recsys.model.ranking import (
+    Ranker,
+    RankerConfig,
+    RankingExamples,
+    candidate_features,
+    train_ranker,
+)
+from recsys.model.retrieval import (
     EmbeddingConfig,
     IndexConfig,
     RetrievalConfig,
     RetrievalModel,
     train_retrieval,
 )
-from recsys.vocab import Vocabulary
+from recsys.model.vocab import Vocabulary
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Readers for interaction logs and item catalogs: CSV, Parquet and MovieLens files on disk.
 
-Loaders only read and rename; they do not judge rows. Validation (`recsys.data.validate`)
+Loaders only read and rename; they do not judge rows. Validation (`recsys.model.data.validate`)
 decides what is kept, so that every rejected row is counted and written aside.
 Nothing here downloads anything.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.data import schema
 from recsys.errors import DataError
+from recsys.model.data import schema
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -27,11 +27,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recsys import REPO_ROOT
 from recsys.errors import StackNotReadyError
 from recsys.ops.bentoml_home import model_store, private_home
 from recsys.ops.processes import start_logged, stop_tree
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = "services.recommender:Recommender"
 STAGES = ("Retrieval", "Ranking")
 # Stages that run in processes of their own, by form; the others run inside the gateway.

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recsys import REPO_ROOT
 from recsys.errors import ModelCorruptError, ModelMissingError
 
 if TYPE_CHECKING:
-    from recsys.health import TrainingSnapshot
-    from recsys.pipeline import TrainResult
-    from recsys.ranking import Ranker
-    from recsys.retrieval import RetrievalModel
+    from recsys.model.health import TrainingSnapshot
+    from recsys.model.pipeline import TrainResult
+    from recsys.model.ranking import Ranker
+    from recsys.model.retrieval import RetrievalModel
 
 RETRIEVAL_MODEL = "recsys-retrieval"
 RANKING_MODEL = "recsys-ranking"
@@ -30,7 +31,7 @@ MANIFEST = "manifest.json"
 def code_revision() -> str:
     """The git commit of the working tree (with `-dirty` when it has changes), or `unknown`."""
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = REPO_ROOT
         rev = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
             capture_output=True,
@@ -94,7 +95,8 @@ def save_models(
 ) -> dict[str, str]:
     """Store the retrieval and ranking models as new BentoML model versions; returns their tags.
 
-    A training snapshot (recsys.health) is saved in both model directories, under the manifest.
+    A training snapshot (recsys.model.health) is saved in both model directories, under the
+    manifest.
     """
     import bentoml
 
@@ -215,7 +217,7 @@ def model_path(
 
 
 def load_retrieval_dir(directory: str | Path) -> RetrievalModel:
-    from recsys.retrieval import RetrievalModel
+    from recsys.model.retrieval import RetrievalModel
 
     directory = Path(directory).resolve()
     verify_manifest(directory, "retrieval model")
@@ -226,7 +228,7 @@ def load_retrieval_dir(directory: str | Path) -> RetrievalModel:
 
 
 def load_ranker_dir(directory: str | Path) -> Ranker:
-    from recsys.ranking import Ranker
+    from recsys.model.ranking import Ranker
 
     directory = Path(directory).resolve()
     verify_manifest(directory, "ranking model")

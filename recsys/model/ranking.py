@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from recsys.features import FEATURE_NAMES, FeatureTables, assemble_features
-from recsys.retrieval import SOURCE_ANN, SOURCE_POPULAR, Candidates
+from recsys.model.features import FEATURE_NAMES, FeatureTables, assemble_features
+from recsys.model.retrieval import SOURCE_ANN, SOURCE_POPULAR, Candidates
+from recsys.model.vocab import Vocabulary
 from recsys.tracing import set_attributes, tracer
-from recsys.vocab import Vocabulary
 
 
 @dataclass(frozen=True)

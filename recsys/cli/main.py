@@ -33,7 +33,7 @@ app.add_typer(models_app, name="models")
 from recsys.rollout.cli import rollout_app  # noqa: E402
 
 app.add_typer(rollout_app, name="rollout")
-from recsys.retrain_cli import models_import, retrain  # noqa: E402
+from recsys.cli.retrain import models_import, retrain  # noqa: E402
 
 app.command("retrain")(retrain)
 models_app.command("import")(models_import)
@@ -44,7 +44,7 @@ DataDir = Annotated[Path, typer.Option("--data", help="Directory with interactio
 
 
 def _load(data: Path, movielens: bool):
-    from recsys.data.loaders import load_dataset, load_movielens
+    from recsys.model.data.loaders import load_dataset, load_movielens
 
     return load_movielens(data) if movielens else load_dataset(data)
 
@@ -63,8 +63,8 @@ def data_synth(
     """Generate the embedded synthetic data set (seeded: same flags, same rows)."""
     import time
 
-    from recsys.data.loaders import save_dataset
-    from recsys.data.synth import SynthConfig, generate
+    from recsys.model.data.loaders import save_dataset
+    from recsys.model.data.synth import SynthConfig, generate
 
     start = time.perf_counter()
     config = SynthConfig(
@@ -98,17 +98,17 @@ def data_validate(
 ) -> None:
     """Validate a data set: counts of rejected rows per problem, written aside; then compare the
     newest window of the log with the previous one and refuse a broken one."""
-    from recsys.data.validate import validate_dataset
+    from recsys.model.data.validate import validate_dataset
 
     if movielens:
         interactions, catalog = _load(data, movielens)
     else:
-        from recsys.data.source import load_source
+        from recsys.model.data.source import load_source
 
         source = load_source(str(data))
         interactions, catalog = source.interactions, source.catalog
     if window_days > 0 and not movielens:  # first: its refusal names the broken file
-        from recsys.data.drift import WindowLimits, check_windows
+        from recsys.model.data.drift import WindowLimits, check_windows
 
         limits = WindowLimits(max_reject_ratio, max_row_ratio, max_psi)
         for line in check_windows(source, window_days, limits).summary_lines():
@@ -161,7 +161,7 @@ def train(
     save: Annotated[bool, typer.Option(help="Store models in the BentoML model store")] = True,
 ) -> None:
     """Train retrieval and ranking, evaluate them on the held-out window, store the models."""
-    from recsys.pipeline import TrainConfig, train_pipeline
+    from recsys.model.pipeline import TrainConfig, train_pipeline
 
     if split not in ("chronological", "random"):
         raise RecsysError(f"--split must be chronological or random, got {split!r}")
@@ -194,8 +194,8 @@ def train(
 
 
 def _finish(result, out: Path, save: bool, interactions=None) -> None:
-    from recsys.artifacts import code_revision, save_models
-    from recsys.report import write_report
+    from recsys.model.artifacts import code_revision, save_models
+    from recsys.model.report import write_report
 
     summary = {
         "metrics": result.metrics,
@@ -210,7 +210,7 @@ def _finish(result, out: Path, save: bool, interactions=None) -> None:
         "code_revision": code_revision(),
     }
     if save:
-        from recsys.health import snapshot_for
+        from recsys.model.health import snapshot_for
 
         with console.status("saving models (and their health snapshot) to the BentoML store"):
             snapshot = snapshot_for(result, interactions) if interactions is not None else None
@@ -237,10 +237,10 @@ def evaluate(
     movielens: Annotated[bool, typer.Option(help="Read MovieLens files from --data")] = False,
 ) -> None:
     """Evaluate stored models on the test window of a data set (split as the models were)."""
-    from recsys.artifacts import load_ranker, load_retrieval
-    from recsys.data.validate import validate_dataset
-    from recsys.evaluate import evaluate_models, held_out_relevance, promotion_decision
-    from recsys.pipeline import TrainConfig, make_split
+    from recsys.model.artifacts import load_ranker, load_retrieval
+    from recsys.model.data.validate import validate_dataset
+    from recsys.model.evaluate import evaluate_models, held_out_relevance, promotion_decision
+    from recsys.model.pipeline import TrainConfig, make_split
 
     retrieval, full_retrieval_tag = load_retrieval(retrieval_tag)
     ranker, full_ranking_tag = load_ranker(ranking_tag)
@@ -287,10 +287,10 @@ def serve(
     """Serve the whole stack (gateway + retrieval + ranking) on 127.0.0.1:PORT."""
     import time
 
-    from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
     from recsys.errors import ModelMissingError, StackNotReadyError
+    from recsys.model.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
+    from recsys.ops.stack import start_stack
     from recsys.serving import ServingSettings
-    from recsys.stack import start_stack
 
     settings = ServingSettings()
     try:
@@ -345,7 +345,7 @@ def traces(
     """Receive OTLP/HTTP traces and print each span (a local stand-in for Jaeger or Tempo)."""
     import threading
 
-    from recsys.otlp import format_span, run_receiver
+    from recsys.ops.otlp import format_span, run_receiver
 
     def show(spans) -> None:
         for span in spans:
@@ -368,7 +368,7 @@ def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """List stored recsys model versions, newest first."""
-    from recsys.artifacts import list_models
+    from recsys.model.artifacts import list_models
 
     rows = list_models()
     if as_json:

@@ -28,9 +28,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 if TYPE_CHECKING:
     import pandas as pd
 
-    from recsys.pipeline import TrainResult
-    from recsys.ranking import Ranker
-    from recsys.retrieval import RetrievalModel
+    from recsys.model.pipeline import TrainResult
+    from recsys.model.ranking import Ranker
+    from recsys.model.retrieval import RetrievalModel
 
 SNAPSHOT_FILE = "health.json"
 SNAPSHOT_VERSION = 1
@@ -167,7 +167,7 @@ def build_snapshot(
         top_k: how many top-ranked items make the category mix.
         seed: sampling seed.
     """
-    from recsys.data import schema
+    from recsys.model.data import schema
     from recsys.serving import rank_columns
 
     timestamps = events[schema.TIMESTAMP]
@@ -209,8 +209,8 @@ def snapshot_for(result: TrainResult, interactions: pd.DataFrame) -> TrainingSna
     """The snapshot of a finished training run, replayed on its raw log's newest window."""
     import pandas as pd
 
-    from recsys.data import schema
-    from recsys.data.validate import parse_timestamps
+    from recsys.model.data import schema
+    from recsys.model.data.validate import parse_timestamps
 
     events = pd.DataFrame(
         {

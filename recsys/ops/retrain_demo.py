@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from recsys import REPO_ROOT
+
 DAY = pd.Timedelta(days=1)
 
 
@@ -62,7 +64,7 @@ def _recommend(url: str, user_id: str) -> dict:
 
 
 def _serve_and_read_age(tags: dict[str, str], users: list[str], log_dir: Path) -> dict[str, float]:
-    from recsys.stack import free_port, start_stack
+    from recsys.ops.stack import free_port, start_stack
 
     env = {
         "RECSYS_RETRIEVAL_MODEL_TAG": tags["retrieval"],
@@ -86,7 +88,7 @@ def _serve_and_read_age(tags: dict[str, str], users: list[str], log_dir: Path) -
 
 
 def _store_versions() -> list[str]:
-    from recsys.artifacts import list_models
+    from recsys.model.artifacts import list_models
 
     return sorted(row["tag"] for row in list_models())
 
@@ -99,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=50_000)
     args = parser.parse_args(argv)
 
-    from recsys.data.synth import SynthConfig, generate
-    from recsys.training_job import RetrainConfig, run_retrain
+    from recsys.model.data.synth import SynthConfig, generate
+    from recsys.ops.training_job import RetrainConfig, run_retrain
 
     started = time.perf_counter()
     work = args.workdir.resolve()
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _say(f"4. a new day arrives ({day_name}): retrain, gate, preflight, canary (dry run)")
     new_day.to_parquet(source / "interactions" / day_name, index=False)
-    chart_values = Path(__file__).resolve().parent.parent / "helm" / "recsys" / "values.yaml"
+    chart_values = REPO_ROOT / "helm" / "recsys" / "values.yaml"
     second = job(
         "2-new-day",
         stable_ranking=stable["ranking"],

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from recsys.data import schema
-from recsys.data.loaders import read_table, require_columns
 from recsys.errors import DataError
+from recsys.model.data import schema
+from recsys.model.data.loaders import read_table, require_columns
 
 _SUFFIXES = (".parquet", ".csv")
 

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from recsys.evaluate import MODELS
+from recsys.model.evaluate import MODELS
 
 _LABELS = {"popularity": "popularity", "retrieval": "retrieval only", "two_stage": "two-stage"}
 _HEADLINE = ("ndcg", "recall", "precision", "map", "mrr", "hit_rate", "coverage")

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.data import schema
 from recsys.errors import DataValidationError
+from recsys.model.data import schema
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
 

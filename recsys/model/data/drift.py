@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from recsys.data import schema
-from recsys.data.source import SourceData
-from recsys.data.validate import parse_timestamps, validate_catalog, validate_interactions
 from recsys.errors import DataValidationError
-from recsys.health import psi
+from recsys.model.data import schema
+from recsys.model.data.source import SourceData
+from recsys.model.data.validate import parse_timestamps, validate_catalog, validate_interactions
+from recsys.model.health import psi
 
 # Count bins (1, 2, 3-4, 5-8, ..., 129+) for events per user and per item.
 _COUNT_EDGES = np.array([1, 2, 4, 8, 16, 32, 64, 128])

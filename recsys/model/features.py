@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.data import schema
-from recsys.data.validate import to_epoch_seconds
-from recsys.vocab import Vocabulary
+from recsys.model.data import schema
+from recsys.model.data.validate import to_epoch_seconds
+from recsys.model.vocab import Vocabulary
 
 FEATURE_NAMES: tuple[str, ...] = (
     "retrieval_score",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recsys.data import schema
+from recsys.model.data import schema
 
 _DAY_S = 86_400
 _CHUNK = 100_000

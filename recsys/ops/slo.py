@@ -7,9 +7,10 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from recsys import REPO_ROOT
 from recsys.errors import ConfigError
 
-DEFAULT_SLO_FILE = Path(__file__).resolve().parent.parent / "slo.yaml"
+DEFAULT_SLO_FILE = REPO_ROOT / "slo.yaml"
 
 
 class _Strict(BaseModel):

@@ -70,7 +70,7 @@ def retrain(
     ] = None,
 ) -> None:
     """Continuous training: check the new data, train, gate, preflight, publish, canary."""
-    from recsys.training_job import RetrainConfig, run_retrain
+    from recsys.ops.training_job import RetrainConfig, run_retrain
 
     try:
         overrides = json.loads(train_config) if train_config else {}
@@ -116,7 +116,7 @@ def models_import(
     ] = None,
 ) -> None:
     """Import models exported by `recsys retrain` into the local BentoML store (or `--into`)."""
-    from recsys.training_job import import_model
+    from recsys.ops.training_job import import_model
 
     for tag in tags:
         typer.echo(f"imported {import_model(tag, model_store, into)}")

@@ -24,10 +24,10 @@ import pandas as pd
 import scann
 import scipy.sparse as sp
 
-from recsys.data import schema
-from recsys.data.validate import to_epoch_seconds
+from recsys.model.data import schema
+from recsys.model.data.validate import to_epoch_seconds
+from recsys.model.vocab import Vocabulary
 from recsys.tracing import set_attributes, tracer
-from recsys.vocab import Vocabulary
 
 SOURCE_ANN = "ann"
 SOURCE_POPULAR = "popular"

@@ -17,8 +17,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from recsys.data import schema
 from recsys.errors import DataError
+from recsys.model.data import schema
 
 SplitKind = Literal["chronological", "random"]
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recsys.data import schema
-from recsys.metrics import evaluate_lists, recall_at_k
-from recsys.ranking import Ranker, candidate_features
-from recsys.retrieval import Candidates, RetrievalModel
+from recsys.model.data import schema
+from recsys.model.metrics import evaluate_lists, recall_at_k
+from recsys.model.ranking import Ranker, candidate_features
+from recsys.model.retrieval import Candidates, RetrievalModel
 
 MODELS = ("popularity", "retrieval", "two_stage")
 

@@ -4,10 +4,11 @@ Steps, each reported as one log line with the run id, a Kubernetes Event (where 
 reachable) and Prometheus metrics:
 
   load      read the catalog and the log from a directory or an object-store URL (fsspec)
-  check     compare the newest window with the previous one (recsys.data.drift); refuse a broken one
-  train     validate, split, train and evaluate (recsys.pipeline)
-  gate      the offline promotion gate (recsys.evaluate.promotion_decision)
-  store     save the pair in the BentoML store, with the training snapshot (recsys.health)
+  check     compare the newest window with the previous one (recsys.model.data.drift);
+            refuse a broken one
+  train     validate, split, train and evaluate (recsys.model.pipeline)
+  gate      the offline promotion gate (recsys.model.evaluate.promotion_decision)
+  store     save the pair in the BentoML store, with the training snapshot (recsys.model.health)
   preflight candidate vs stable on the newest window (recsys.rollout.preflight); a refused
             candidate is deleted from the store again
   publish   export both models to the shared model store (BentoML export), when one is set
@@ -282,7 +283,7 @@ class Reporter:
 def _train_config(overrides: dict[str, Any]):
     from dataclasses import replace
 
-    from recsys.pipeline import TrainConfig
+    from recsys.model.pipeline import TrainConfig
 
     base = TrainConfig()
     nested = {k: v for k, v in overrides.items() if isinstance(v, dict)}
@@ -320,7 +321,7 @@ def import_model(tag: str, store: str, into: str | Path | None = None) -> str:
     import fsspec
     from bentoml.exceptions import NotFound
 
-    from recsys.artifacts import model_store
+    from recsys.model.artifacts import model_store
 
     target = {"_model_store": model_store(into)} if into else {}
     try:
@@ -395,12 +396,12 @@ def run_retrain(
 
 
 def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult) -> None:
-    from recsys.artifacts import RANKING_MODEL, resolve_tag, save_models
-    from recsys.data.drift import WindowLimits, check_windows
-    from recsys.data.source import load_source
     from recsys.errors import ModelMissingError
-    from recsys.health import snapshot_for
-    from recsys.pipeline import train_pipeline
+    from recsys.model.artifacts import RANKING_MODEL, resolve_tag, save_models
+    from recsys.model.data.drift import WindowLimits, check_windows
+    from recsys.model.data.source import load_source
+    from recsys.model.health import snapshot_for
+    from recsys.model.pipeline import train_pipeline
     from recsys.rollout.preflight import linked_retrieval
 
     with reporter.step("load") as note:
@@ -493,7 +494,7 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
 
 def _preflight_on(source, stable: str, candidate: str, tolerance: float):
     """Preflight on the job's own data (written to a temp directory the loaders read)."""
-    from recsys.data.loaders import save_dataset
+    from recsys.model.data.loaders import save_dataset
     from recsys.rollout.preflight import run_preflight
 
     with tempfile.TemporaryDirectory(prefix="recsys-preflight-") as tmp:

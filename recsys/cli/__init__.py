@@ -1,0 +1,1 @@
+"""The `recsys` command line: `main` (data, train, evaluate, serve, models) and `retrain`."""

@@ -1,0 +1,2 @@
+"""The recommender itself: data, features, candidate sources, ranking, evaluation, stored
+artifacts and model health. Imports nothing of serving, ops or rollout (import-linter)."""
