@@ -22,17 +22,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from recsys.errors import ModelMissingError
+from recsys.model.pipeline import TINY_TRAINING
 from recsys.ops.stack import REPO_ROOT
 from recsys.ops.training_job import RetrainConfig, run_retrain
 
-TINY_OVERRIDES = {
-    "validation_days": 10,
-    "test_days": 10,
-    "max_eval_users": 2000,
-    "embedding": {"factors": 16, "iterations": 6},
-    "retrieval": {"num_candidates": 100},
-    "ranker": {"n_estimators": 60, "max_training_users": 1000},
-}
 helm_missing = not (REPO_ROOT / ".tools" / "bin" / "helm").exists() and not any(
     (Path(p) / "helm").exists() for p in os.environ.get("PATH", "").split(os.pathsep)
 )
@@ -74,7 +67,7 @@ def _run(source: Path, out: Path, lines: list[str], **extra):
         source=str(source),
         out=out,
         metrics_file=out / "retrain.prom",
-        train_overrides=TINY_OVERRIDES,
+        train_overrides=TINY_TRAINING,
         **extra,
     )
     return run_retrain(config, echo=lines.append)
@@ -296,7 +289,7 @@ def test_a_worse_candidate_never_reaches_the_store(loop, source, tmp_path):
         out=tmp_path / "run",
         stable_ranking=loop["second"].candidate["ranking"],
         train_overrides={
-            **TINY_OVERRIDES,
+            **TINY_TRAINING,
             "embedding": {"factors": 2, "iterations": 1},
             "ranker": {"n_estimators": 2, "max_training_users": 100},
         },

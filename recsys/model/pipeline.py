@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,17 @@ from recsys.model.retrieval import (
     train_retrieval,
 )
 from recsys.model.vocab import Vocabulary
+
+# Seconds-scale training on `TINY_SYNTH`-sized data (TrainConfig.tiny), in the JSON shape of
+# `recsys retrain --train-config` (the container tests give it to the training job).
+TINY_TRAINING: dict[str, Any] = {
+    "validation_days": 10,
+    "test_days": 10,
+    "max_eval_users": 2000,
+    "embedding": {"factors": 16, "iterations": 6},
+    "retrieval": {"num_candidates": 100},
+    "ranker": {"n_estimators": 60, "max_training_users": 1000},
+}
 
 
 @dataclass(frozen=True)
@@ -73,19 +84,19 @@ class TrainConfig:
         )
 
     @classmethod
+    def with_overrides(cls, overrides: dict[str, Any]) -> TrainConfig:
+        """The defaults with JSON-shaped overrides (`recsys retrain --train-config`): top-level
+        fields by name, nested configs as objects, e.g. {"embedding": {"iterations": 8}}."""
+        nested = {k: v for k, v in overrides.items() if isinstance(v, dict)}
+        config = replace(cls(), **{k: v for k, v in overrides.items() if k not in nested})
+        for name, values in nested.items():
+            config = replace(config, **{name: replace(getattr(config, name), **values)})
+        return config
+
+    @classmethod
     def tiny(cls, **overrides) -> TrainConfig:
         """Seconds-scale training on `TINY_SYNTH`-sized data: the rehearsal's and the tests'."""
-        base = cls()
-        config = replace(
-            base,
-            validation_days=10,
-            test_days=10,
-            max_eval_users=2000,
-            embedding=replace(base.embedding, factors=16, iterations=6),
-            retrieval=replace(base.retrieval, num_candidates=100),
-            ranker=replace(base.ranker, n_estimators=60, max_training_users=1000),
-        )
-        return replace(config, **overrides)
+        return replace(cls.with_overrides(TINY_TRAINING), **overrides)
 
 
 @dataclass

@@ -280,20 +280,6 @@ class Reporter:
         self.metrics.write(self.config.metrics_file, self.config.pushgateway, grouping)
 
 
-def _train_config(overrides: dict[str, Any]):
-    from dataclasses import replace
-
-    from recsys.model.pipeline import TrainConfig
-
-    base = TrainConfig()
-    nested = {k: v for k, v in overrides.items() if isinstance(v, dict)}
-    flat = {k: v for k, v in overrides.items() if not isinstance(v, dict)}
-    config = replace(base, **flat)
-    for name, values in nested.items():
-        config = replace(config, **{name: replace(getattr(config, name), **values)})
-    return config
-
-
 def export_models(tags: dict[str, str], store: str) -> list[str]:
     """Export the pair as `.bentomodel` archives into a directory or object-store URL."""
     import bentoml
@@ -401,7 +387,7 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
     from recsys.model.data.drift import WindowLimits, check_windows
     from recsys.model.data.source import load_source
     from recsys.model.health import snapshot_for
-    from recsys.model.pipeline import train_pipeline
+    from recsys.model.pipeline import TrainConfig, train_pipeline
     from recsys.rollout.preflight import linked_retrieval
 
     with reporter.step("load") as note:
@@ -429,7 +415,7 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
         (config.out / "window-check.json").write_text(json.dumps(report.to_dict(), indent=2))
         note["detail"] = "; ".join(report.summary_lines())
     with reporter.step("train") as note:
-        train_config = _train_config(
+        train_config = TrainConfig.with_overrides(
             {"max_reject_ratio": config.max_reject_ratio, **config.train_overrides}
         )
         trained = train_pipeline(

@@ -20,18 +20,11 @@ import yaml
 from conftest import SCENARIOS, running_stack
 from pod_runner import Client
 
+from recsys.model.pipeline import TINY_TRAINING
+
 pytestmark = [pytest.mark.containers]
 
 CRONJOB, GATEWAY, RETRIEVAL = "recsys-training", "recsys-gateway", "recsys-retrieval"
-# Training settings for the tiny log (seconds per run, not minutes).
-TINY_TRAINING = {
-    "validation_days": 10,
-    "test_days": 10,
-    "max_eval_users": 2000,
-    "embedding": {"factors": 16, "iterations": 6},
-    "retrieval": {"num_candidates": 100},
-    "ranker": {"n_estimators": 60, "max_training_users": 1000},
-}
 
 
 def _world_writable(path: Path) -> Path:
