@@ -1,4 +1,8 @@
-"""Ranking service: XGBoost LambdaMART scores for retrieved candidates, one batch per request."""
+"""Ranking service: XGBoost LambdaMART scores for retrieved candidates, one batch per request.
+
+The gateway reaches it through `LocalRanking` (in its own process) or `RankingClient` (over
+HTTP), both at the end of this file: the pipeline's `RankingStage` (`recsys.gateway`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsys.artifacts import RANKING_MODEL, load_ranker
 from recsys.batching import MicroBatcher
+from recsys.gateway import Ranked
 from recsys.serving import ItemId, UserId, rank_columns_many
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
@@ -19,8 +24,10 @@ from services.common import (
     StageService,
     packed_model,
     protect,
+    respond,
     service_config,
 )
+from services.stage_client import StageClient
 
 MAX_CANDIDATES = 2000
 
@@ -110,9 +117,47 @@ class Ranking(StageService):
     async def rank(self, user_id: UserId, candidates: CandidateColumns) -> dict:
         """The ranker's order of the candidates: `order` (positions in `candidates`, best
         first) and `scores`; items the model does not know are left out."""
-        return await self.respond(
-            self.answer_rank, user_id=user_id, candidates=candidates.model_dump()
-        )
+        return await respond(self.answer_rank, user_id=user_id, candidates=candidates.model_dump())
 
 
 protect(Ranking, "ranking", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)
+
+
+# ---- how the gateway calls Ranking (recsys.gateway.RankingStage) ------------------------------
+class LocalRanking:
+    """Ranking in the gateway's process: `answer_rank` called directly (micro-batched there),
+    with no HTTP hop, serialisation or validation (the gateway's own candidates)."""
+
+    in_process = True
+
+    def __init__(self, service: Ranking) -> None:
+        self.service = service
+
+    @property
+    def ready(self) -> bool:
+        return self.service.__is_ready__()
+
+    async def is_ready(self, timeout: float | None = None) -> bool:
+        return self.ready
+
+    async def rank(self, user_id: str, candidates: dict[str, list]) -> Ranked:
+        return await self.service.answer_rank(user_id, candidates)
+
+
+class RankingClient:
+    """Ranking in its own process, over HTTP (`StageClient`): `POST /rank`; concurrent calls
+    are batched into one prediction by the stage itself."""
+
+    in_process = False
+
+    def __init__(self, http: StageClient) -> None:
+        self.http = http
+
+    async def is_ready(self, timeout: float | None = None) -> bool:
+        return await self.http.is_ready(timeout)
+
+    async def rank(self, user_id: str, candidates: dict[str, list]) -> Ranked:
+        return await self.http.call("/rank", {"user_id": user_id, "candidates": candidates})
+
+    async def close(self) -> None:
+        await self.http.close()

@@ -1,4 +1,8 @@
-"""Retrieval service: ScaNN candidates for known users, trending items for cold ones."""
+"""Retrieval service: ScaNN candidates for known users, trending items for cold ones.
+
+The gateway reaches it through `LocalRetrieval` (in its own process) or `RetrievalClient` (over
+HTTP), both at the end of this file: the pipeline's `RetrievalStage` (`recsys.gateway`).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,20 @@ import bentoml
 from pydantic import BaseModel, Field
 
 from recsys.artifacts import RETRIEVAL_MODEL, load_retrieval
+from recsys.batching import MicroBatcher
+from recsys.gateway import Retrieved, Similar
 from recsys.serving import ItemId, UserId
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
+    BATCH_SIZE,
     SETTINGS,
     StageService,
     packed_model,
     protect,
+    respond,
     service_config,
 )
+from services.stage_client import StageClient
 
 MAX_CANDIDATES = 2000
 MAX_BATCH_REQUESTS = 256
@@ -94,7 +103,7 @@ class Retrieval(StageService):
     ) -> dict:
         """Candidates for a user (unknown users allowed) as columns: `item_ids`, `scores`,
         `sources`, `categories`, one entry per candidate in retrieval order."""
-        return await self.respond(
+        return await respond(
             self.answer_retrieve,
             user_id=user_id,
             k=k,
@@ -112,7 +121,7 @@ class Retrieval(StageService):
         """`/retrieve` for several users in one call (the gateway's micro-batching):
         `{"results": [...]}`, one `/retrieve` answer per request, in order."""
         requests = [request.model_dump() for request in requests]
-        return await self.respond(self.answer_retrieve_batch, requests=requests)
+        return await respond(self.answer_retrieve_batch, requests=requests)
 
     def answer_similar_items(self, item_id: str, k: int = 10) -> dict:
         model = self.loaded.get()
@@ -133,7 +142,71 @@ class Retrieval(StageService):
         k: Annotated[int, Field(ge=1, le=SETTINGS.max_k)] = 10,
     ) -> dict:
         """Items nearest to `item_id` by embedding cosine; trending items for unknown items."""
-        return await self.respond(self.answer_similar_items, item_id=item_id, k=k)
+        return await respond(self.answer_similar_items, item_id=item_id, k=k)
 
 
 protect(Retrieval, "retrieval", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)
+
+
+# ---- how the gateway calls Retrieval (recsys.gateway.RetrievalStage) --------------------------
+class LocalRetrieval:
+    """Retrieval in the gateway's process: its `answer_` methods called directly, with no HTTP
+    hop, serialisation or validation (the gateway validated the request). No fault injection
+    either: the test-only faults are per process, and the gateway's API applied its own."""
+
+    in_process = True
+
+    def __init__(self, service: Retrieval) -> None:
+        self.service = service
+
+    @property
+    def ready(self) -> bool:
+        return self.service.__is_ready__()
+
+    async def is_ready(self, timeout: float | None = None) -> bool:
+        return self.ready
+
+    async def retrieve(self, user_id: str, k: int, exclude_items: list[str]) -> Retrieved:
+        return self.service.answer_retrieve(user_id, k, exclude_items=exclude_items)
+
+    async def similar_items(self, item_id: str, k: int) -> Similar:
+        return self.service.answer_similar_items(item_id, k)
+
+
+class RetrievalClient:
+    """Retrieval in its own process, over HTTP (`StageClient`: JSON, stage token, trace
+    context): `POST /retrieve`, or with micro-batching on (`RECSYS_BATCHING`) one
+    `POST /retrieve_batch` for the requests waiting together, and `POST /similar_items`."""
+
+    in_process = False
+
+    def __init__(self, http: StageClient) -> None:
+        self.http = http
+        self.batcher = (
+            MicroBatcher(
+                self.retrieve_batch,
+                SETTINGS.batch_max,
+                SETTINGS.batch_wait_ms / 1000,
+                on_batch=BATCH_SIZE.labels("retrieval").observe,
+            )
+            if SETTINGS.batching
+            else None
+        )
+
+    async def is_ready(self, timeout: float | None = None) -> bool:
+        return await self.http.is_ready(timeout)
+
+    async def retrieve(self, user_id: str, k: int, exclude_items: list[str]) -> Retrieved:
+        request = {"user_id": user_id, "k": k, "exclude_items": exclude_items}
+        if self.batcher is None:
+            return await self.http.call("/retrieve", request)
+        return await self.batcher.submit(request)
+
+    async def retrieve_batch(self, requests: list[dict]) -> list[Retrieved]:
+        return (await self.http.call("/retrieve_batch", {"requests": requests}))["results"]
+
+    async def similar_items(self, item_id: str, k: int) -> Similar:
+        return await self.http.call("/similar_items", {"item_id": item_id, "k": k})
+
+    async def close(self) -> None:
+        await self.http.close()
