@@ -308,7 +308,7 @@ def test_in_process_stage_has_no_timeout_and_no_retry():
 
 
 def test_recommend_batch_answers_each_user_in_order():
-    pipeline, fallbacks = _pipeline()
+    pipeline, _ = _pipeline()
     answer = asyncio.run(pipeline.recommend_batch(["u2", "u1"], 2, []))
     assert [r["user_id"] for r in answer["results"]] == ["u2", "u1"]
     assert all(len(r["items"]) == 2 and not r["degraded"] for r in answer["results"])
