@@ -40,7 +40,7 @@ class CandidateColumns(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     item_ids: Annotated[list[ItemId], Field(max_length=MAX_CANDIDATES)]
-    scores: Annotated[list[float], Field(max_length=MAX_CANDIDATES)]
+    scores: Annotated[list[Annotated[float, Field(strict=True)]], Field(max_length=MAX_CANDIDATES)]
     sources: Annotated[list[Annotated[str, Field(max_length=32)]], Field(max_length=MAX_CANDIDATES)]
     categories: Annotated[
         list[Annotated[str, Field(max_length=128)]], Field(max_length=MAX_CANDIDATES)

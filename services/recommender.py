@@ -46,7 +46,10 @@ from services.ranking import LocalRanking, Ranking, RankingClient
 from services.retrieval import LocalRetrieval, Retrieval, RetrievalClient
 
 logger = logging.getLogger("recsys.gateway")
-K = Annotated[int, Field(ge=1, le=SETTINGS.max_k, description="How many items to return.")]
+# Strict: JSON's types as the document states them (`"10"` is not an integer).
+K = Annotated[
+    int, Field(strict=True, ge=1, le=SETTINGS.max_k, description="How many items to return.")
+]
 Exclusions = Annotated[
     list[ItemId],
     Field(max_length=SETTINGS.max_exclude_items, description="Items never to recommend."),

@@ -29,7 +29,9 @@ from services.stage_client import StageClient
 
 MAX_CANDIDATES = 2000
 MAX_BATCH_REQUESTS = 256
-CandidateCount = Annotated[int, Field(ge=1, le=MAX_CANDIDATES)]
+# Strict: JSON's types as the document states them (no "5" for 5, no 0 for false).
+CandidateCount = Annotated[int, Field(strict=True, ge=1, le=MAX_CANDIDATES)]
+ExcludeSeen = Annotated[bool, Field(strict=True, description="Leave out the user's own items.")]
 Exclusions = Annotated[list[ItemId], Field(max_length=SETTINGS.max_exclude_items)]
 
 
@@ -39,7 +41,7 @@ class RetrieveRequest(BaseModel):
     user_id: UserId
     k: CandidateCount = 200
     exclude_items: Exclusions = []
-    exclude_seen: bool = True
+    exclude_seen: ExcludeSeen = True
 
 
 def check_retrieval(model) -> None:
@@ -65,7 +67,7 @@ class Retrieval(StageService):
         user_id: str,
         k: int = 200,
         exclude_items: list[str] | tuple[str, ...] = (),
-        exclude_seen: bool = True,
+        exclude_seen: ExcludeSeen = True,
     ) -> dict:
         model = self.loaded.get()
         columns = model.retrieve_columns(user_id, k, exclude_items, exclude_seen)
@@ -99,7 +101,7 @@ class Retrieval(StageService):
         user_id: UserId,
         k: CandidateCount = 200,
         exclude_items: Exclusions = [],  # noqa: B006
-        exclude_seen: bool = True,
+        exclude_seen: ExcludeSeen = True,
     ) -> dict:
         """Candidates for a user (unknown users allowed) as columns: `item_ids`, `scores`,
         `sources`, `categories`, one entry per candidate in retrieval order."""
@@ -139,7 +141,7 @@ class Retrieval(StageService):
     async def similar_items(
         self,
         item_id: ItemId,
-        k: Annotated[int, Field(ge=1, le=SETTINGS.max_k)] = 10,
+        k: Annotated[int, Field(strict=True, ge=1, le=SETTINGS.max_k)] = 10,
     ) -> dict:
         """Items nearest to `item_id` by embedding cosine; trending items for unknown items."""
         return await respond(self.answer_similar_items, item_id=item_id, k=k)
