@@ -66,6 +66,14 @@ class CandidateColumns(BaseModel):
         return self
 
 
+class RankOrder(BaseModel):
+    """The answer of `/rank`, as declared in /docs.json (encoded by json_answer)."""
+
+    order: list[int] = Field(description="Positions in `candidates`, best first.")
+    scores: list[float] = Field(description="The model's score of each, in `order`.")
+    model_version: str
+
+
 def check_ranker(ranker) -> None:
     ids = ranker.items.ids[:5].tolist()
     scores = ranker.score("__readiness_probe__", ids, [0.0] * len(ids), [True] * len(ids))
@@ -120,7 +128,13 @@ class Ranking(StageService):
         return await respond(self.answer_rank, user_id=user_id, candidates=candidates.model_dump())
 
 
-protect(Ranking, "ranking", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)
+protect(
+    Ranking,
+    "ranking",
+    stage=True,
+    max_in_flight=SETTINGS.stage_max_in_flight,
+    answers={"rank": RankOrder},
+)
 
 
 # ---- how the gateway calls Ranking (recsys.gateway.RankingStage) ------------------------------

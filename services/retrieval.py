@@ -44,6 +44,46 @@ class RetrieveRequest(BaseModel):
     exclude_seen: ExcludeSeen = True
 
 
+# ---- the answers, as declared in /docs.json (services.openapi); encoded by json_answer ---------
+class Candidates(BaseModel):
+    """One entry per candidate in each column, in retrieval order."""
+
+    item_ids: list[str]
+    scores: list[float]
+    sources: list[str] = Field(description="ann (index search) or popular (cold start, fill).")
+    categories: list[str]
+
+
+class RetrievedCandidates(BaseModel):
+    candidates: Candidates
+    cold_start: bool
+    model_version: str
+
+
+class RetrievalBatch(BaseModel):
+    results: list[RetrievedCandidates] = Field(description="One answer per request, in order.")
+
+
+class NearItem(BaseModel):
+    item_id: str
+    score: float
+    category: str
+
+
+class NearItems(BaseModel):
+    items: list[NearItem]
+    source: str = Field(description="ann, or popular for an unknown item.")
+    reason: str = Field("", description="unknown_item when source is popular (else absent).")
+    model_version: str
+
+
+ANSWERS = {
+    "retrieve": RetrievedCandidates,
+    "retrieve_batch": RetrievalBatch,
+    "similar_items": NearItems,
+}
+
+
 def check_retrieval(model) -> None:
     """A cold and a warm query must both return candidates before the service is ready."""
     if not model.retrieve_columns("__readiness_probe__", 10)["item_ids"]:
@@ -147,7 +187,13 @@ class Retrieval(StageService):
         return await respond(self.answer_similar_items, item_id=item_id, k=k)
 
 
-protect(Retrieval, "retrieval", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)
+protect(
+    Retrieval,
+    "retrieval",
+    stage=True,
+    max_in_flight=SETTINGS.stage_max_in_flight,
+    answers=ANSWERS,
+)
 
 
 # ---- how the gateway calls Retrieval (recsys.gateway.RetrievalStage) --------------------------
