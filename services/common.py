@@ -543,10 +543,11 @@ class StageDependency(Dependency):
     """`bentoml.depends` for a stage, reached with JSON and the stage token.
 
     Declaring the dependency is what makes `bentoml serve` start the stages and `--depends
-    Name=url` point at them. A remote stage is then called through `StageClient` (JSON, the
-    X-Recsys-Stage-Token header, trace context) instead of BentoML's proxy, which speaks pickle
-    by default and spends a third of the gateway's CPU on per-call schema work in JSON mode. A
-    dependency left out of `--depends` runs in this process (`LocalStage`), with no HTTP.
+    Name=url` point at them. A remote stage is then called through `remote(StageClient(url))`
+    (e.g. `RetrievalClient`: JSON, the X-Recsys-Stage-Token header, trace context) instead of
+    BentoML's proxy, which speaks pickle by default and spends a third of the gateway's CPU on
+    per-call schema work in JSON mode. A dependency left out of `--depends` runs in this
+    process, wrapped by `local(instance)` (e.g. `LocalRetrieval`), with no HTTP.
     """
 
     local: Callable[[Any], Any] | None = None  # wraps the stage's instance in this process
