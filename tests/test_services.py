@@ -317,6 +317,9 @@ def test_readiness_waits_for_the_model(saved_tags, bentoml_home):
             timeout=10,
         )
         assert response.status_code == 503 and "still loading" in response.json()["error"]
+        # As /docs.json declares it: the one error body, and when to come back.
+        assert response.json()["detail"][0]["type"] == "model_not_ready"
+        assert int(response.headers["retry-after"]) >= 1
         server.wait_ready(60)
     finally:
         server.stop()

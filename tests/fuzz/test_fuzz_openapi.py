@@ -251,3 +251,51 @@ def test_a_stage_refuses_its_whole_surface_without_the_token(services, name):
     assert refused >= 1  # at least the stage's own API route
     for path in ("/docs.json", "/docs", "/"):
         assert httpx.get(f"{url}{path}", timeout=20).status_code == 401, path
+
+
+def _declared(document: dict, path: str, status: int) -> tuple[dict, dict]:
+    """The body schema (with the document's components) and headers `path` declares for `status`."""
+    response = document["paths"][path]["post"]["responses"][str(status)]
+    schema = {
+        **response["content"]["application/json"]["schema"],
+        "components": document["components"],
+    }
+    return schema, response.get("headers", {})
+
+
+@pytest.mark.parametrize("name", ["Recommender", "Retrieval", "Ranking"])
+def test_refusals_schemathesis_cannot_provoke_answer_as_the_served_document_says(services, name):
+    """413 (too large to generate), 415 and, on a stage, 401: the body and headers each answer
+    has are the ones the served /docs.json declares for that status."""
+    import jsonschema
+
+    url, (path, body) = services[name].url, BODIES[name]
+    document = httpx.get(f"{url}/docs.json", headers=auth(name), timeout=10).json()
+    json_headers = {"content-type": "application/json", **auth(name)}
+    refusals = {
+        413: httpx.post(
+            f"{url}{path}",
+            content=json.dumps({**body, "padding": "x" * LIMIT}),
+            headers=json_headers,
+            timeout=20,
+        ),
+        415: httpx.post(
+            f"{url}{path}",
+            content=b"user_id=u1",
+            headers={"content-type": "application/x-www-form-urlencoded", **auth(name)},
+            timeout=20,
+        ),
+    }
+    if name in STAGES:
+        refusals[401] = httpx.post(f"{url}{path}", json=body, timeout=20)
+    for status, response in refusals.items():
+        assert response.status_code == status, (status, response.text[:300])
+        schema, headers = _declared(document, path, status)
+        jsonschema.validate(response.json(), schema)
+        for header, spec in headers.items():
+            assert not spec.get("required") or header.lower() in response.headers, (status, header)
+    # Nothing the services cannot answer, nor BentoML's schemas that contradict their answers.
+    responses = document["paths"][path]["post"]["responses"]
+    assert "404" not in responses
+    assert not {"InvalidArgument", "NotFound"} & set(document["components"]["schemas"])
+    assert document["paths"][path]["post"]["requestBody"]["required"] is True
