@@ -17,7 +17,7 @@ export RECSYS_BASE_IMAGE
 export OPENBLAS_NUM_THREADS ?= 1
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup tools containers image data train run evaluate test lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak bench audit retrain-demo
+.PHONY: help setup tools containers image data train run evaluate test test-unit lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak bench audit retrain-demo
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -59,10 +59,19 @@ retrain-demo: setup ## Continuous-training loop locally: serve, new day, retrain
 evaluate: setup ## Evaluate the latest stored models on $(DATA)'s test window
 	$(BIN)/recsys evaluate --data $(DATA)
 
-test: setup tools containers ## Run the whole test suite (what CI runs)
-	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+# pytest over $(PYTEST_PATHS) (default: pyproject's testpaths); collecting no test at all (exit
+# code 5) is a failure, not a pass.
+PYTEST_PATHS =
+run_pytest = set +e; $(PY) -m pytest $(PYTEST_PATHS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treated as a failure"; exit 1; fi; \
 	exit $$rc
+
+test: setup tools containers ## Run the whole test suite (what CI runs): unit and integration
+	@$(run_pytest)
+
+test-unit: PYTEST_PATHS = tests/unit
+test-unit: setup ## Fast loop: tests/unit only (pure logic; no servers, subprocesses, Docker or helm; < 1 min)
+	@$(run_pytest)
 
 audit: setup ## Dependency audit: pip-audit over the venv and the image's resolved packages (security/audit-allowlist.yaml); also run by `make test`
 	$(PY) security/audit.py

@@ -5,7 +5,7 @@ needs a few percent of one core, where a Python generator would take a large sha
 machine. Every variant is measured with the same generator, settings and user list.
 
 CPU accounting per measurement: wrk's own CPU time (from `wait4`), the server process trees'
-CPU time (psutil), and the whole machine's busy time (/proc/stat), so what other work on the
+CPU time, and the whole machine's busy time (recsys.ops.cpu), so what other work on the
 machine took during the step is visible too.
 """
 
@@ -20,7 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import psutil
+from recsys.ops import cpu
+from recsys.ops.cpu import machine_cpu_seconds, tree_cpu_seconds
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "recommend.lua"
 WRK_TIMEOUT_S = 5
@@ -35,38 +36,6 @@ def wrk_path() -> str:
     if path is None:
         raise LoadGeneratorMissing("wrk is not on PATH: install it with `apt-get install -y wrk`")
     return path
-
-
-def machine_cpu_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, all cores added up."""
-    with open("/proc/stat") as stat:
-        fields = [float(v) for v in stat.readline().split()[1:]]
-    ticks = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-    total = sum(fields[:8])  # guest time is already counted in user
-    return (total - idle) / ticks, total / ticks
-
-
-def tree_cpu_seconds(pids: list[int]) -> float:
-    """CPU seconds (user + system) of the given processes and all their descendants."""
-    seen: set[int] = set()
-    total = 0.0
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            processes = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        for process in processes:
-            if process.pid in seen:
-                continue
-            seen.add(process.pid)
-            try:
-                times = process.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-    return total
 
 
 class SharedMachine:
@@ -92,7 +61,7 @@ class SharedMachine:
         time.sleep(window_s)
         busy_after, total_after = machine_cpu_seconds()
         mine = (tree_cpu_seconds([os.getpid()]) - mine_before) / window_s
-        cores = psutil.cpu_count() or 1
+        cores = cpu.cores()
         busy = (busy_after - busy_before) / max(total_after - total_before, 1e-9) * cores
         return max(busy - mine, 0.0)
 
@@ -230,7 +199,7 @@ def run_wrk(
         summary = json.loads(result_path.read_text())
     finally:
         result_path.unlink(missing_ok=True)
-    cores = psutil.cpu_count() or 1
+    cores = cpu.cores()
     machine_busy = (busy_after - busy_before) / max(total_after - total_before, 1e-9) * cores
     generator = (usage.ru_utime + usage.ru_stime) / wall
     run_seconds = summary["duration_us"] / 1e6

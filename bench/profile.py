@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from bench.loadgen import run_wrk
+from recsys.ops.processes import process_tree
 
 SAMPLE_RATE_HZ = 250
 TOP_FUNCTIONS = 12
@@ -48,8 +49,7 @@ def py_spy_path() -> str | None:
 
 
 def _python_processes(root_pid: int) -> list[psutil.Process]:
-    root = psutil.Process(root_pid)
-    processes = [root, *root.children(recursive=True)]
+    processes = process_tree(root_pid)
     return [p for p in processes if "python" in (p.name() + " ".join(p.cmdline()[:1])).lower()]
 
 

@@ -17,10 +17,8 @@ not by a limit.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -29,11 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from bench.kserve_peer import MODEL_NAME
 from bench.models import TrainedModels
 from recsys.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
+from recsys.ops.processes import kill_processes, process_tree, start_logged
 from recsys.stack import REPO_ROOT, ServerProcess, Stack, free_port, start_stack
 
 READY_TIMEOUT_S = 300.0
@@ -190,16 +187,7 @@ def start_kserve(models: TrainedModels, log_dir: Path, workers: int = 1) -> Vari
         "200",
     ]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            args,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stop() takes the workers too
-        )
+    process = start_logged(args, log_path, env, cwd=REPO_ROOT)  # stop() takes the workers too
     server = ServerProcess("kserve", port, process, log_path)
     return Variant(
         "kserve",
@@ -242,13 +230,6 @@ def stop_variants(variants: dict[str, Variant]) -> None:
     stop so that such a worker is still found (psutil checks the PID was not reused).
     """
     for variant in variants.values():
-        tree = []
-        for pid in variant.pids():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                root = psutil.Process(pid)
-                tree += [root, *root.children(recursive=True)]
+        tree = [process for pid in variant.pids() for process in process_tree(pid)]
         variant.stop()
-        for process in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if process.is_running():
-                    process.kill()
+        kill_processes(tree)

@@ -1,7 +1,7 @@
 """Load shapes as pure functions of elapsed time: how many simulated users, started how fast.
 
 The locustfile's `LoadTestShape` asks `users_at` once a second; keeping the arithmetic here lets
-the tests check every shape without Locust. Standard library only (see slo_gate.py for why).
+the tests check every shape without Locust. Standard library only (see gate_checks.py for why).
 """
 
 from __future__ import annotations
@@ -58,29 +58,3 @@ def users_at(
     if start <= elapsed_s < end:
         return Target(users, max(spawn_rate, float(users)))  # the whole spike within a second
     return Target(baseline, max(spawn_rate, float(users)))
-
-
-def parse_duration(text: str | float | int) -> float:
-    """Seconds from `90`, `90s`, `5m`, `1h30m` (Locust's --run-time format)."""
-    if isinstance(text, int | float):
-        return float(text)
-    value = text.strip().lower()
-    if not value:
-        raise ValueError("empty duration")
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    total, number = 0.0, ""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
-    for char in value:
-        if char.isdigit() or char == ".":
-            number += char
-        elif char in units and number:
-            total += float(number) * units[char]
-            number = ""
-        else:
-            raise ValueError(f"bad duration {text!r}; use e.g. 45s, 5m or 1h30m")
-    if number:
-        raise ValueError(f"bad duration {text!r}: a number without a unit at the end")
-    return total

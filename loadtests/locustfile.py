@@ -32,102 +32,34 @@ import psutil
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.runners import STATE_CLEANUP, STATE_STOPPED, STATE_STOPPING, WorkerRunner
 
+import gate_checks
+import gate_thresholds
+import gate_verdict
 import load_shapes
 import request_mix
-import slo_gate
+from gate_options import add_gate_options
 from request_mix import TASKS
 
 logger = logging.getLogger("recsys.loadtest")
-HERE = Path(__file__).resolve().parent
-DEFAULT_SLO_FILE = HERE.parent / "slo.yaml" if (HERE.parent / "slo.yaml").exists() else "slo.yaml"
 
 
 @events.init_command_line_parser.add_listener
 def add_options(parser) -> None:
-    """The gate's options; each also reads a RECSYS_* environment variable."""
-    group = parser.add_argument_group("recsys SLO gate")
-    group.add_argument(
-        "--shape",
-        choices=load_shapes.SHAPES,
-        default="constant",
-        env_var="RECSYS_LOADTEST_SHAPE",
-        help="Load shape: constant (CI), step (capacity search), spike or soak.",
-    )
-    group.add_argument(
-        "--steps",
-        type=int,
-        default=5,
-        env_var="RECSYS_LOADTEST_STEPS",
-        help="Number of equal user increments of the step shape.",
-    )
-    group.add_argument(
-        "--slo-file",
-        default=str(DEFAULT_SLO_FILE),
-        env_var="RECSYS_SLO_FILE",
-        help="SLO file whose endpoint thresholds gate the run.",
-    )
-    group.add_argument(
-        "--verdict-file",
-        default="/tmp/recsys-loadtest/verdict.json",
-        env_var="RECSYS_LOADTEST_VERDICT",
-        help="Where the JSON verdict is written.",
-    )
-    group.add_argument(
-        "--users-file",
-        default="",
-        env_var="RECSYS_LOADTEST_USERS",
-        help="Known user ids, one per line (default u0..u19999).",
-    )
-    group.add_argument(
-        "--user-rate",
-        type=float,
-        default=4.0,
-        env_var="RECSYS_LOADTEST_USER_RATE",
-        help="Requests per second each simulated user sends; 0 = as fast as "
-        "answered (closed loop). Offered load = users x user rate.",
-    )
-    group.add_argument(
-        "--warmup",
-        type=float,
-        default=10.0,
-        env_var="RECSYS_LOADTEST_WARMUP",
-        help="Seconds at the start left out of the verdict and of early aborts.",
-    )
-    group.add_argument(
-        "--window",
-        type=float,
-        default=10.0,
-        env_var="RECSYS_LOADTEST_WINDOW",
-        help="Seconds per window of the early-abort check.",
-    )
-    group.add_argument(
-        "--abort-after",
-        type=int,
-        default=3,
-        env_var="RECSYS_LOADTEST_ABORT_AFTER",
-        help="Stop the run when the same breach lasts this many windows (0: never).",
-    )
-    group.add_argument(
-        "--min-rps-check",
-        choices=("auto", "enforce", "report"),
-        default="auto",
-        env_var="RECSYS_LOADTEST_MIN_RPS_CHECK",
-        help="Throughput floors: auto checks those the offered load reaches "
-        "(all when unpaced), enforce checks all, report checks none.",
-    )
+    """The gate's options (gate_options.py); each also reads a RECSYS_* environment variable."""
+    add_gate_options(parser.add_argument_group("recsys SLO gate"))
 
 
 @dataclass
 class RunState:
     """What the master (or the only process) keeps during a run."""
 
-    thresholds: dict[str, slo_gate.EndpointThresholds] = field(default_factory=dict)
+    thresholds: dict[str, gate_thresholds.EndpointThresholds] = field(default_factory=dict)
     users: request_mix.PowerLawUsers | None = None
     started_wall: str = ""
     started_at: float | None = None
     baseline_at: float | None = None
     stopped_at: float | None = None
-    baseline: dict[str, slo_gate.Traffic] = field(default_factory=dict)
+    baseline: dict[str, gate_checks.Traffic] = field(default_factory=dict)
     baseline_degraded: Counter = field(default_factory=Counter)
     timeline: list[dict] = field(default_factory=list)
     abort: dict | None = None
@@ -145,20 +77,20 @@ def load_configuration(environment, **_kwargs) -> None:
     """Validate the SLO file and load the known users before any request is sent."""
     options = environment.parsed_options
     try:
-        STATE.thresholds = slo_gate.load_thresholds(options.slo_file)
+        STATE.thresholds = gate_thresholds.load_thresholds(options.slo_file)
         STATE.users = request_mix.PowerLawUsers(request_mix.read_user_ids(options.users_file))
-    except (slo_gate.SLOFileError, OSError, ValueError) as exc:
+    except (gate_thresholds.SLOFileError, OSError, ValueError) as exc:
         message = f"recsys load test: cannot start: {exc}"
         logger.error(message)
         print(message, file=sys.stderr, flush=True)
-        sys.exit(slo_gate.EXIT_CONFIG_ERROR)
+        sys.exit(gate_verdict.EXIT_CONFIG_ERROR)
     if options.user_rate < 0 or options.window <= 0 or options.warmup < 0:
         print(
             "recsys load test: --user-rate, --warmup must be >= 0 and --window > 0",
             file=sys.stderr,
             flush=True,
         )
-        sys.exit(slo_gate.EXIT_CONFIG_ERROR)
+        sys.exit(gate_verdict.EXIT_CONFIG_ERROR)
 
 
 # --------------------------------------------------------------------------- the simulated user
@@ -301,21 +233,21 @@ class RecsysShape(LoadTestShape):
 # --------------------------------------------------------------------------- measurements
 
 
-def snapshot(environment) -> dict[str, slo_gate.Traffic]:
+def snapshot(environment) -> dict[str, gate_checks.Traffic]:
     """Cumulative traffic per endpoint from Locust's stats (aggregated over workers)."""
     by_path = {path: name for name, path in request_mix.ENDPOINT_PATHS.items()}
-    traffic: dict[str, slo_gate.Traffic] = {}
+    traffic: dict[str, gate_checks.Traffic] = {}
     for (name, _method), entry in list(environment.stats.entries.items()):
         endpoint = by_path.get(name, name.strip("/"))
-        traffic[endpoint] = slo_gate.Traffic(
+        traffic[endpoint] = gate_checks.Traffic(
             entry.num_requests, entry.num_failures, dict(entry.response_times)
         )
     return traffic
 
 
-def window_between(current, earlier) -> dict[str, slo_gate.Traffic]:
+def window_between(current, earlier) -> dict[str, gate_checks.Traffic]:
     return {
-        name: seen.since(earlier.get(name, slo_gate.Traffic())) for name, seen in current.items()
+        name: seen.since(earlier.get(name, gate_checks.Traffic())) for name, seen in current.items()
     }
 
 
@@ -384,7 +316,7 @@ def monitor(environment) -> None:
     """Warm-up, then one window at a time: record it, and stop the run on a sustained breach."""
     options = environment.parsed_options
     runner = environment.runner
-    detector = slo_gate.SustainedBreachDetector(STATE.thresholds, options.abort_after)
+    detector = gate_checks.SustainedBreachDetector(STATE.thresholds, options.abort_after)
     gevent.sleep(options.warmup)
     STATE.baseline = previous = snapshot(environment)
     STATE.baseline_degraded = Counter(DEGRADED)
@@ -464,10 +396,10 @@ def gate(environment, **_kwargs) -> None:
             for name in STATE.thresholds
         }
     else:
-        skip = slo_gate.plan_min_rps_checks(STATE.thresholds, options.min_rps_check, planned)
-    checks = slo_gate.evaluate(traffic, STATE.thresholds, measured_s, skip_min_rps=skip)
+        skip = gate_checks.plan_min_rps_checks(STATE.thresholds, options.min_rps_check, planned)
+    checks = gate_checks.evaluate(traffic, STATE.thresholds, measured_s, skip_min_rps=skip)
     request_errors = environment.stats.total.num_failures + len(environment.runner.exceptions)
-    code = slo_gate.decide_exit_code(
+    code = gate_verdict.decide_exit_code(
         checks, STATE.abort is not None, request_errors, options.exit_code_on_error
     )
     degraded = {name: DEGRADED[name] - degraded_before.get(name, 0) for name in traffic}
@@ -489,7 +421,7 @@ def gate(environment, **_kwargs) -> None:
         "locust_version": locust.__version__,
         "request_errors_whole_run": request_errors,
     }
-    verdict = slo_gate.build_verdict(
+    verdict = gate_verdict.build_verdict(
         checks,
         traffic,
         measured_s,
@@ -509,7 +441,7 @@ def gate(environment, **_kwargs) -> None:
         path.write_text(json.dumps(verdict, indent=2) + "\n")
     except OSError as exc:
         logger.error("could not write the verdict to %s: %s", path, exc)
-    print("\n" + slo_gate.render_table(checks, code), flush=True)
+    print("\n" + gate_verdict.render_table(checks, code), flush=True)
     if STATE.abort:
         print(f"Stopped early at {STATE.abort['at_s']}s: sustained breach.", flush=True)
     generator = verdict["generator"]

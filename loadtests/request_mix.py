@@ -2,7 +2,7 @@
 
 Who asks (known users with power-law activity, cold users), what they ask (top-k, the next page
 with the first page excluded, the same request again, a batch, similar items) and what a correct
-answer looks like. Standard library only (see slo_gate.py for why).
+answer looks like. Standard library only (see gate_checks.py for why).
 """
 
 from __future__ import annotations

@@ -26,9 +26,10 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-import psutil
-
-from loadtests import load_shapes, slo_gate
+from loadtests import gate_thresholds, gate_verdict, load_shapes
+from loadtests.gate_options import add_gate_options, gate_arguments
+from recsys.ops.cpu import cores, machine_cpu_seconds, tree_cpu_seconds
+from recsys.ops.durations import parse_duration
 
 LOADTEST_DIR = Path(__file__).resolve().parent
 REPO_ROOT = LOADTEST_DIR.parent
@@ -51,12 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("RECSYS_LOADTEST_HOST"),
         help="Gateway URL of an existing deployment; without it the local stack is started.",
     )
-    parser.add_argument(
-        "--shape",
-        choices=load_shapes.SHAPES,
-        default="constant",
-        help="Load shape (default: constant, the CI gate).",
-    )
     # 120 req/s: over 100 to /recommend, every throughput floor of slo.yaml clearly out of reach
     # (none offered within a few percent of its floor, where a check would pass or fail by luck).
     parser.add_argument("--users", type=int, default=30, help="Peak simulated users (default: 30).")
@@ -64,38 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--spawn-rate", type=float, default=16.0, help="Users started per second (default: 16)."
     )
     parser.add_argument(
-        "--user-rate",
-        type=float,
-        default=4.0,
-        help="Requests/s per user; 0 = closed loop (default: 4).",
-    )
-    parser.add_argument(
         "--duration",
         default=None,
         help="Run length, e.g. 45s, 5m (default per shape: constant 60s, step 5m, "
         "spike 2m, soak 30m).",
     )
-    parser.add_argument(
-        "--steps", type=int, default=5, help="Equal user increments of the step shape (default: 5)."
-    )
-    parser.add_argument(
-        "--warmup", type=float, default=10.0, help="Seconds left out of the verdict (default: 10)."
-    )
-    parser.add_argument(
-        "--window", type=float, default=10.0, help="Seconds per early-abort window (default: 10)."
-    )
-    parser.add_argument(
-        "--abort-after",
-        type=int,
-        default=3,
-        help="Windows of the same breach that stop the run (default: 3, 0: never).",
-    )
-    parser.add_argument(
-        "--min-rps-check",
-        choices=("auto", "enforce", "report"),
-        default="auto",
-        help="Throughput floors: auto (those the offered load reaches), enforce, report.",
-    )
+    # --shape, --steps, --user-rate, --warmup, --window, --abort-after, --min-rps-check,
+    # --slo-file, --users-file: the locustfile's own, declared once in gate_options.py.
+    add_gate_options(parser, runner=True)
     parser.add_argument(
         "--processes",
         type=int,
@@ -103,20 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Locust worker processes (default: 1; -1 = one per core).",
     )
     parser.add_argument(
-        "--slo-file",
-        default=str(REPO_ROOT / "slo.yaml"),
-        help="SLO file (default: the repository's slo.yaml).",
-    )
-    parser.add_argument(
         "--out",
         default=str(REPO_ROOT / "reports" / "loadtest"),
         help="Directory for verdict.json and report.html (default: reports/loadtest).",
-    )
-    parser.add_argument(
-        "--users-file",
-        default=None,
-        help="Known user ids, one per line (default: the stored retrieval "
-        "model's users when the stack is local, else u0..u19999).",
     )
     parser.add_argument(
         "--stack-env",
@@ -144,7 +104,9 @@ def locust_command(
     args: argparse.Namespace, host: str, out: Path, users_file: str | None
 ) -> list[str]:
     """The Locust command line of a run."""
-    duration = args.duration or f"{load_shapes.DEFAULT_RUN_TIME_S[args.shape]:g}s"
+    # Locust's --run-time takes whole seconds; the runner takes every form recsys.ops reads.
+    seconds = parse_duration(args.duration or load_shapes.DEFAULT_RUN_TIME_S[args.shape])
+    duration = f"{max(1, round(seconds))}s"
     command = [
         sys.executable, "-m", "locust",
         "--locustfile", str(LOCUSTFILE),
@@ -153,19 +115,9 @@ def locust_command(
         "--users", str(args.users),
         "--spawn-rate", f"{args.spawn_rate:g}",
         "--run-time", duration,
-        "--shape", args.shape,
-        "--steps", str(args.steps),
-        "--user-rate", f"{args.user_rate:g}",
-        "--warmup", f"{args.warmup:g}",
-        "--window", f"{args.window:g}",
-        "--abort-after", str(args.abort_after),
-        "--min-rps-check", args.min_rps_check,
-        "--slo-file", str(args.slo_file),
-        "--verdict-file", str(out / "verdict.json"),
         "--html", str(out / "report.html"),
+        *gate_arguments(args, users_file=users_file, verdict_file=out / "verdict.json"),
     ]  # fmt: skip
-    if users_file:
-        command += ["--users-file", users_file]
     if args.processes != 1:
         command += ["--processes", str(args.processes)]
     return command
@@ -214,50 +166,32 @@ class CPUAccount:
     """
 
     def __init__(self, stack_pids: list[int] | None = None) -> None:
-        self.stack = [psutil.Process(pid) for pid in stack_pids or []]
-        self.me = psutil.Process()
-
-    @staticmethod
-    def _busy_seconds() -> float:
-        times = psutil.cpu_times()
-        idle = sum(getattr(times, name, 0.0) for name in ("idle", "iowait", "guest", "guest_nice"))
-        return sum(times) - idle
-
-    def _stack_seconds(self) -> float:
-        total = 0.0
-        tree = [p for root in self.stack for p in (root, *root.children(recursive=True))]
-        for process in tree:
-            try:
-                times = process.cpu_times()
-            except psutil.Error:
-                continue
-            total += times.user + times.system
-        return total
+        self.stack_pids = list(stack_pids or [])
 
     def _own_seconds(self) -> tuple[float, float]:
-        mine = self.me.cpu_times()
+        mine = resource.getrusage(resource.RUSAGE_SELF)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped: Locust and its workers
-        return mine.user + mine.system, children.ru_utime + children.ru_stime
+        return mine.ru_utime + mine.ru_stime, children.ru_utime + children.ru_stime
 
     def start(self) -> None:
         self.started = time.monotonic()
-        self.busy, self.stack_cpu = self._busy_seconds(), self._stack_seconds()
+        self.busy, self.stack_cpu = machine_cpu_seconds()[0], tree_cpu_seconds(self.stack_pids)
         self.runner_cpu, self.generator_cpu = self._own_seconds()
 
     def stop(self) -> dict:
         """Shares of all cores over the run (0..1); call after Locust has exited."""
         wall = max(time.monotonic() - self.started, 1e-9)
-        capacity = wall * (psutil.cpu_count() or 1)
+        capacity = wall * cores()
         runner_cpu, generator_cpu = self._own_seconds()
-        busy = self._busy_seconds() - self.busy
-        stack = self._stack_seconds() - self.stack_cpu
+        busy = machine_cpu_seconds()[0] - self.busy
+        stack = tree_cpu_seconds(self.stack_pids) - self.stack_cpu
         generator = generator_cpu - self.generator_cpu
         other = max(busy - stack - generator - (runner_cpu - self.runner_cpu), 0.0)
         return {
-            "cores": psutil.cpu_count() or 1,
+            "cores": cores(),
             "wall_s": round(wall, 1),
             "busy_share": round(busy / capacity, 3),
-            "stack_share": round(stack / capacity, 3) if self.stack else None,
+            "stack_share": round(stack / capacity, 3) if self.stack_pids else None,
             "generator_share": round(generator / capacity, 3),
             "other_share": round(other / capacity, 3),
         }
@@ -284,14 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stop_on_sigterm()
     try:
-        slo_gate.load_thresholds(args.slo_file)  # fail before any server starts
+        gate_thresholds.load_thresholds(args.slo_file)  # fail before any server starts
         stack_env = parse_env(args.stack_env)
-        duration_s = load_shapes.parse_duration(
-            args.duration or load_shapes.DEFAULT_RUN_TIME_S[args.shape]
-        )
-    except (slo_gate.SLOFileError, ValueError) as exc:
+        duration_s = parse_duration(args.duration or load_shapes.DEFAULT_RUN_TIME_S[args.shape])
+    except (gate_thresholds.SLOFileError, ValueError) as exc:
         print(f"load test: {exc}", file=sys.stderr)
-        return slo_gate.EXIT_CONFIG_ERROR
+        return gate_verdict.EXIT_CONFIG_ERROR
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     verdict_path = out / "verdict.json"
@@ -313,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "train one first (make train)",
                     file=sys.stderr,
                 )
-                return slo_gate.EXIT_CONFIG_ERROR
+                return gate_verdict.EXIT_CONFIG_ERROR
             print("starting the local stack ...", flush=True)
             server = stack.enter_context(serve_stack(env=stack_env))
             host = server.url

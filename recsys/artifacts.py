@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -151,32 +152,66 @@ def save_models(
     return tags
 
 
-def _model_dir(tag: str, what: str) -> tuple[Path, object]:
+def model_store(directory: str | Path):
+    """A BentoML model store rooted at `directory` (`<name>/<version>/` inside), created if
+    missing: where `recsys models import --into` puts models and RECSYS_MODEL_DIR points."""
+    # bentoml.models.get/import_model take the store as `_model_store`; only the class is
+    # internal to BentoML.
+    from bentoml._internal.models.model import ModelStore
+
+    root = Path(directory).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return ModelStore(root)
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """Where a stored model's files are, its full tag and when it was created (Unix time)."""
+
+    path: Path
+    tag: str
+    created: float
+
+
+def stored_model(
+    tag: str, name: str, what: str | None = None, store_dir: str | Path | None = None
+) -> StoredModel:
+    """A stored model (`latest` and bare versions resolved): from `store_dir` when that store
+    holds the tag, else from the default store (BENTOML_HOME, or the Bento's own models)."""
     import bentoml
     from bentoml.exceptions import BentoMLException, NotFound
 
-    try:
-        model = bentoml.models.get(tag)
-    except NotFound as exc:
-        raise ModelMissingError(
-            f"{what} model {tag!r} is not in the BentoML model store "
-            "(train one with `recsys train`, or check RECSYS_*_MODEL_TAG and BENTOML_HOME)"
-        ) from exc
-    except BentoMLException as exc:
-        raise ModelCorruptError(f"{what} model {tag!r} cannot be read: {exc}") from exc
-    return Path(model.path).resolve(), model
+    full = tag if ":" in tag else f"{name}:{tag}"
+    stores = [{"_model_store": model_store(store_dir)}] if store_dir else []
+    for options in [*stores, {}]:
+        try:
+            model = bentoml.models.get(full, **options)
+        except NotFound:
+            continue
+        except BentoMLException as exc:
+            raise ModelCorruptError(f"{what or name} model {full!r} cannot be read: {exc}") from exc
+        created = model.info.creation_time.timestamp()
+        return StoredModel(Path(model.path).resolve(), str(model.tag), created)
+    where = (
+        f"{store_dir} nor in the BentoML model store" if store_dir else "the BentoML model store"
+    )
+    raise ModelMissingError(
+        f"{what or name} model {full!r} is not in {where} "
+        "(train one with `recsys train`, or check RECSYS_*_MODEL_TAG and BENTOML_HOME)"
+    )
 
 
 def resolve_tag(tag: str, name: str) -> str:
     """Full `name:version` tag of a model (resolves `latest` and bare versions)."""
-    return model_path(tag, name)[1]
+    return stored_model(tag, name).tag
 
 
-def model_path(tag: str, name: str, what: str | None = None) -> tuple[Path, str]:
+def model_path(
+    tag: str, name: str, what: str | None = None, store_dir: str | Path | None = None
+) -> tuple[Path, str]:
     """Directory and full tag of a stored model (`latest` and bare versions resolved)."""
-    full = tag if ":" in tag else f"{name}:{tag}"
-    path, model = _model_dir(full, what or name)
-    return path, str(model.tag)
+    model = stored_model(tag, name, what, store_dir)
+    return model.path, model.tag
 
 
 def load_retrieval_dir(directory: str | Path) -> RetrievalModel:
@@ -201,15 +236,17 @@ def load_ranker_dir(directory: str | Path) -> Ranker:
         raise ModelCorruptError(f"ranking model in {directory} cannot be loaded: {exc}") from exc
 
 
-def load_retrieval(tag: str = "latest") -> tuple[RetrievalModel, str]:
+def load_retrieval(
+    tag: str = "latest", store_dir: str | Path | None = None
+) -> tuple[RetrievalModel, str]:
     """Load a retrieval model from the store; returns it with its full tag."""
-    path, full = model_path(tag, RETRIEVAL_MODEL, "retrieval")
+    path, full = model_path(tag, RETRIEVAL_MODEL, "retrieval", store_dir)
     return load_retrieval_dir(path), full
 
 
-def load_ranker(tag: str = "latest") -> tuple[Ranker, str]:
+def load_ranker(tag: str = "latest", store_dir: str | Path | None = None) -> tuple[Ranker, str]:
     """Load a ranking model from the store; returns it with its full tag."""
-    path, full = model_path(tag, RANKING_MODEL, "ranking")
+    path, full = model_path(tag, RANKING_MODEL, "ranking", store_dir)
     return load_ranker_dir(path), full
 
 

@@ -248,13 +248,7 @@ def evaluate(
 
     meta = bentoml.models.get(full_ranking_tag).info.metadata
     saved = meta.get("config", {})
-    config = TrainConfig(
-        split=saved.get("split", "chronological"),
-        ratio=saved.get("ratio", 0.75),
-        validation_days=saved.get("validation_days", 14.0),
-        test_days=saved.get("test_days", 14.0),
-        seed=saved.get("seed", 0),
-    )
+    config = TrainConfig.split_of(saved)
     interactions, catalog = _load(data, movielens)
     clean = validate_dataset(interactions, catalog, saved.get("max_reject_ratio", 0.05))
     split = make_split(clean.interactions, config)

@@ -12,7 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -53,6 +53,33 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def split_of(cls, saved: dict) -> TrainConfig:
+        """The split settings a stored model was trained with (its metadata's `config`), so an
+        evaluation of it uses the same test window; the rest stays at the defaults."""
+        return cls(
+            split=saved.get("split", "chronological"),
+            ratio=saved.get("ratio", 0.75),
+            validation_days=saved.get("validation_days", 14.0),
+            test_days=saved.get("test_days", 14.0),
+            seed=saved.get("seed", 0),
+        )
+
+    @classmethod
+    def tiny(cls, **overrides) -> TrainConfig:
+        """Seconds-scale training on `TINY_SYNTH`-sized data: the rehearsal's and the tests'."""
+        base = cls()
+        config = replace(
+            base,
+            validation_days=10,
+            test_days=10,
+            max_eval_users=2000,
+            embedding=replace(base.embedding, factors=16, iterations=6),
+            retrieval=replace(base.retrieval, num_candidates=100),
+            ranker=replace(base.ranker, n_estimators=60, max_training_users=1000),
+        )
+        return replace(config, **overrides)
 
 
 @dataclass

@@ -63,7 +63,10 @@ def retrain(
     ] = None,
     train_config: Annotated[
         str | None,
-        typer.Option(help='JSON overrides of TrainConfig, e.g. {"embedding": {"iterations": 8}}'),
+        typer.Option(
+            envvar="RECSYS_TRAIN_CONFIG",
+            help='JSON overrides of TrainConfig, e.g. {"embedding": {"iterations": 8}}',
+        ),
     ] = None,
 ) -> None:
     """Continuous training: check the new data, train, gate, preflight, publish, canary."""
@@ -97,12 +100,23 @@ def retrain(
 
 
 def models_import(
-    tag: Annotated[str, typer.Argument(help="Model tag, e.g. recsys-ranking:abc123")],
+    tags: Annotated[
+        list[str], typer.Argument(help="Model tags, e.g. recsys-ranking:abc123", min=1)
+    ],
     model_store: Annotated[
         str, typer.Option("--from", envvar="RECSYS_MODEL_STORE", help="Shared model store")
     ],
+    into: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="RECSYS_MODEL_DIR",
+            help="Model store directory to import into (a serving pod's RECSYS_MODEL_DIR); "
+            "default: the BentoML store (BENTOML_HOME)",
+        ),
+    ] = None,
 ) -> None:
-    """Import a model exported by `recsys retrain` into the local BentoML store."""
+    """Import models exported by `recsys retrain` into the local BentoML store (or `--into`)."""
     from recsys.training_job import import_model
 
-    typer.echo(f"imported {import_model(tag, model_store)}")
+    for tag in tags:
+        typer.echo(f"imported {import_model(tag, model_store, into)}")

@@ -43,6 +43,12 @@ class ServingSettings(BaseSettings):
     ranking_model_tag: str = Field(
         "recsys-ranking:latest", description="BentoML tag of the ranking model."
     )
+    model_dir: str = Field(
+        "",
+        description="A BentoML model store directory searched before the default store (the"
+        " Bento's models in the image): the chart's init container imports the pod's model tags"
+        " there from the shared model store (`recsys models import --into`).",
+    )
     num_candidates: int = Field(
         200, ge=10, le=2000, description="Candidates retrieved per request."
     )

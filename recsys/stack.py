@@ -17,7 +17,6 @@ import functools
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recsys.errors import StackNotReadyError
+from recsys.ops.bentoml_home import model_store, private_home
+from recsys.ops.processes import start_logged, stop_tree
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = "services.recommender:Recommender"
@@ -148,49 +149,10 @@ class ServerProcess:
         raise self._not_ready(f"stages not ready after {timeout:g} s (waiting for: {waiting})")
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the process tree, SIGKILL whatever is left after `timeout`.
-
-        BentoML starts its workers in sessions of their own, so the process group alone misses
-        them: the descendants are collected before signalling, and each is checked afterwards.
-        """
-        import psutil
-
-        try:
-            tree = [psutil.Process(self.process.pid)]
-            tree += tree[0].children(recursive=True)
-        except psutil.NoSuchProcess:
-            tree = []
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        for proc in tree[1:]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.terminate()
-        _, alive = psutil.wait_procs(tree, timeout=timeout)
-        for proc in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
+        """SIGTERM the process tree, SIGKILL whatever is left after `timeout`."""
+        stop_tree(self.process.pid, timeout)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(1)
-
-
-def _own_home(env: Mapping[str, str], home: Path) -> Path:
-    """A BENTOML_HOME for one server that shares the model store of the configured one.
-
-    BentoML keeps its Prometheus multiprocess files under BENTOML_HOME and wipes them when a
-    server starts, so two servers sharing a home would erase and mix each other's metrics.
-    """
-    models = Path(env.get("BENTOML_HOME") or Path.home() / "bentoml") / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    models = models.resolve()
-    home = home.resolve()  # the server runs in REPO_ROOT: a relative home would point elsewhere
-    home.mkdir(parents=True, exist_ok=True)
-    link = home / "models"
-    if link.is_symlink() and link.resolve() != models:
-        link.unlink()
-    if not link.exists():
-        link.symlink_to(models, target_is_directory=True)
-    return home
 
 
 def _launch(
@@ -208,17 +170,10 @@ def _launch(
         "BENTOML_DO_NOT_TRACK": "true",
         **(env or {}),
     }
-    full_env["BENTOML_HOME"] = str(_own_home(full_env, log_dir / f"home-{name.lower()}-{port}"))
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", *args],
-            cwd=REPO_ROOT,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stop() takes the children too
-        )
+    # A home of its own (see recsys.ops.bentoml_home), sharing the configured model store.
+    home = log_dir / f"home-{name.lower()}-{port}"
+    full_env["BENTOML_HOME"] = str(private_home(home, model_store(full_env)))
+    process = start_logged([sys.executable, "-m", *args], log_path, full_env, cwd=REPO_ROOT)
     return ServerProcess(name, port, process, log_path, dict(env or {}))
 
 

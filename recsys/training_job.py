@@ -310,8 +310,9 @@ def export_models(tags: dict[str, str], store: str) -> list[str]:
     return written
 
 
-def import_model(tag: str, store: str) -> str:
-    """Import one model from the shared store into the local BentoML store (if missing).
+def import_model(tag: str, store: str, into: str | Path | None = None) -> str:
+    """Import one model from the shared store into a local BentoML store (if missing there):
+    the default one (BENTOML_HOME), or the model store directory `into`.
 
     Only the archive's files are read: our loaders check their checksums and unpickle nothing.
     """
@@ -319,8 +320,11 @@ def import_model(tag: str, store: str) -> str:
     import fsspec
     from bentoml.exceptions import NotFound
 
+    from recsys.artifacts import model_store
+
+    target = {"_model_store": model_store(into)} if into else {}
     try:
-        return str(bentoml.models.get(tag).tag)
+        return str(bentoml.models.get(tag, **target).tag)
     except NotFound:
         pass
     fs, root = fsspec.core.url_to_fs(store)
@@ -331,7 +335,7 @@ def import_model(tag: str, store: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         local = str(Path(tmp) / name)
         fs.get_file(remote, local)
-        return str(bentoml.models.import_model(local).tag)
+        return str(bentoml.models.import_model(local, **target).tag)
 
 
 def _delete(tags: dict[str, str]) -> None:
@@ -397,6 +401,7 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
     from recsys.errors import ModelMissingError
     from recsys.health import snapshot_for
     from recsys.pipeline import train_pipeline
+    from recsys.rollout.preflight import linked_retrieval
 
     with reporter.step("load") as note:
         source = load_source(config.source)
@@ -404,7 +409,10 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
         # `latest` may be missing (the first run); a named stable model must be found.
         try:
             if config.model_store and config.stable_ranking != "latest":
+                # The preflight scores the stable pair: the ranker and the retrieval model it
+                # was trained with.
                 import_model(config.stable_ranking, config.model_store)
+                import_model(linked_retrieval(config.stable_ranking), config.model_store)
             stable = resolve_tag(config.stable_ranking, RANKING_MODEL)
         except ModelMissingError:
             if config.stable_ranking != "latest":

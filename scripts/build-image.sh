@@ -11,7 +11,7 @@
 #                                local   (default) recsys-base:bookworm (RECSYS_LOCAL_BASE_IMAGE),
 #                                        made by scripts/base-image.sh from Debian packages when
 #                                        missing (no registry needed);
-#                                default the bentofile's own base (BentoML's python:3.11-slim +
+#                                default the build config's own base (BentoML's python:3.11-slim +
 #                                        apt packages), for machines that reach Docker Hub;
 #                                <image> any other local or pullable image with Python 3.11.
 #   RECSYS_IMAGE_TAG           image name:tag (default recsys:<bento version>)
@@ -19,12 +19,14 @@
 #   DOCKER                     docker client (default: scripts/install-docker.sh's answer, which
 #                              also starts the engine when it is not running)
 #
-# The base is chosen without touching bentofile.yaml: with a base image set, a copy of it with
-# docker.base_image filled in is handed to `bentoml build -f` (same build context, same includes).
+# The build config is pyproject.toml's [tool.bentoml.build] (its Python packages are the project's
+# dependencies). The base is chosen without touching it: with a base image set, a bentofile
+# written from it with docker.base_image filled in is handed to `bentoml build -f` (same build
+# context, same includes, same packages).
 # Either way BentoML 1.4's generated Dockerfile first runs its Debian default install command
 # (apt-get install ca-certificates gnupg2 bash build-essential git; through the host network, from
 # the mirror the base image's apt sources name), then uv installs the Bento's requirements; both
-# layers stay in Docker's cache while bentofile.yaml's packages do not change.
+# layers stay in Docker's cache while the project's dependencies do not change.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,7 +48,7 @@ trap 'rm -rf "${client_dir}"' EXIT
 ln -s "${DOCKER}" "${client_dir}/docker"
 export PATH="${client_dir}:${PATH}"
 
-bentofile=bentofile.yaml
+bentofile=pyproject.toml
 case "${base}" in
     default) ;;
     local)
@@ -57,12 +59,18 @@ if [ "${base}" != default ]; then
     bentofile="${client_dir}/bentofile.yaml"
     "${python}" - "${base}" "${bentofile}" <<'PY'
 import sys
+import tomllib
 
 import yaml
 
 base_image, out = sys.argv[1:3]
-with open("bentofile.yaml") as handle:
-    config = yaml.safe_load(handle)
+with open("pyproject.toml", "rb") as handle:
+    project = tomllib.load(handle)
+config = project["tool"]["bentoml"]["build"]
+config.setdefault("name", project["project"]["name"])
+# What BentoML does with pyproject.toml itself: the project's dependencies are the packages.
+python = config.setdefault("python", {})
+python["packages"] = [*python.get("packages", []), *project["project"]["dependencies"]]
 docker = config.setdefault("docker", {}) or {}
 # A base image replaces BentoML's distro/python choice; drop them so it does not warn.
 for key in ("distro", "python_version", "system_packages"):
@@ -74,7 +82,7 @@ with open(out, "w") as handle:
 PY
     say "base image ${base}"
 else
-    say "base image: the bentofile's default"
+    say "base image: the build config's default"
 fi
 
 say "bentoml build (BENTOML_HOME=${BENTOML_HOME:-~/bentoml}, retrieval ${RECSYS_RETRIEVAL_MODEL_TAG:-recsys-retrieval:latest}, ranking ${RECSYS_RANKING_MODEL_TAG:-recsys-ranking:latest})"

@@ -2,7 +2,7 @@
 
 `make soak` runs it (never in CI). It starts Retrieval, Ranking and the gateway as separate
 processes on 127.0.0.1 with the stored models (`make train` first), keeps a constant Locust load
-(tests/resilience/locust_resilience.py) for --duration, samples the resident memory (RSS) of
+(loadtests/resilience_locustfile.py) for --duration, samples the resident memory (RSS) of
 every process of every service, and writes to --out:
 
 - memory.csv: time_s, service, pid, role (server or worker), rss_mb; one row per process and sample
@@ -21,39 +21,28 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import re
 import sys
 import time
 from pathlib import Path
 
-from recsys.errors import StackNotReadyError
+import psutil
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# The scenario tests' topology and Locust helpers: one implementation for both.
-sys.path.insert(0, str(REPO_ROOT / "tests" / "resilience"))
+from recsys.errors import StackNotReadyError
+from recsys.ops.bentoml_home import model_store
+from recsys.ops.durations import DurationError, parse_duration
+from recsys.ops.processes import process_tree
+from recsys.stack import REPO_ROOT
 
 MAX_DURATION_S = 24 * 3600
 SERVICES = ("Retrieval", "Ranking", "Recommender")
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in `90`, `90s`, `15m`, `2h` or `1h30m`.
-
-    Args:
-        text: the duration as typed.
-
-    Returns:
-        The duration in seconds (positive, at most 24 hours).
-    """
-    parts = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s?)?\s*", text)
-    if not parts or not any(parts.groups()):
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 15m, 1h30m)")
-    hours, minutes, seconds = (int(p or 0) for p in parts.groups())
-    total = hours * 3600 + minutes * 60 + seconds
-    if not 0 < total <= MAX_DURATION_S:
-        raise argparse.ArgumentTypeError(f"duration must be within 1 s and 24 h, not {text!r}")
-    return float(total)
+def soak_duration(text: str) -> float:
+    """An argparse type: seconds of a duration (recsys.ops.durations), at most 24 hours."""
+    try:
+        return parse_duration(text, maximum_s=MAX_DURATION_S)
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def memory_trend(samples: list[tuple[float, float]]) -> dict:
@@ -93,33 +82,21 @@ def memory_trend(samples: list[tuple[float, float]]) -> dict:
 
 def process_rss(server) -> list[tuple[int, str, float]]:
     """(pid, role, RSS in MB) of a service's server process and its workers."""
-    import psutil
-
-    try:
-        root = psutil.Process(server.process.pid)
-        processes = [(root, "server")] + [(p, "worker") for p in root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
     rows = []
-    for process, role in processes:
+    for index, process in enumerate(process_tree(server.process.pid)):
         try:
-            rows.append((process.pid, role, process.memory_info().rss / 2**20))
+            rows.append((process.pid, "worker" if index else "server", process.memory_info().rss))
         except psutil.NoSuchProcess:
             continue
-    return rows
-
-
-def model_store() -> Path:
-    home = os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
-    return Path(home) / "models"
+    return [(pid, role, rss / 2**20) for pid, role, rss in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--duration",
-        type=parse_duration,
-        default=parse_duration("10m"),
+        type=soak_duration,
+        default=soak_duration("10m"),
         help="How long to hold the load (90s, 15m, 2h; at most 24h).",
     )
     parser.add_argument("--users", type=int, default=8, help="Simulated Locust users.")
@@ -129,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--warmup",
-        type=parse_duration,
+        type=soak_duration,
         default=None,
         help="Left out of the memory trend (default: a fifth, at most 2 min).",
     )
@@ -148,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warmup = args.warmup if args.warmup is not None else min(120.0, args.duration / 5)
 
-    from resilience_support import Topology, failures, latency_figures, start_load
+    # loadtests/ is a directory of the repository, not an installed package.
+    sys.path.insert(0, str(REPO_ROOT))
+    from loadtests.request_log import failures, latency_figures, start_load
+    from recsys.ops.topology import Topology
 
     models = model_store()
     if not all(

@@ -6,7 +6,7 @@ Two sets are audited:
 
 - venv:  every package installed in the running environment (the project's resolved
          requirements with the test/dev extras; the editable project itself is skipped);
-- image: the Bento image's Python packages (bentofile.yaml `python.packages`), resolved by pip's
+- image: the Bento image's Python packages (pyproject.toml's dependencies), resolved by pip's
          own resolver (`pip install --dry-run --report`) to exact versions, then audited pinned.
 
 A known vulnerability fails the audit unless security/audit-allowlist.yaml lists it (its id or
@@ -26,6 +26,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALLOWLIST = REPO_ROOT / "security" / "audit-allowlist.yaml"
-BENTOFILE = REPO_ROOT / "bentofile.yaml"
+PYPROJECT = REPO_ROOT / "pyproject.toml"
 PASSED, FAILED, TOOL_ERROR, NOT_AUDITED = 0, 1, 2, 3
 
 
@@ -136,8 +137,10 @@ def _pip_audit(args: list[str], target: str, service: str) -> AuditResult:
 
 
 def image_requirements() -> list[str]:
-    """bentofile.yaml's python packages resolved to `name==version` by pip's resolver."""
-    packages = yaml.safe_load(BENTOFILE.read_text())["python"]["packages"]
+    """The Bento's Python packages (the project's dependencies, as `bentoml build` reads them
+    from pyproject.toml) resolved to `name==version` by pip's resolver."""
+    with PYPROJECT.open("rb") as handle:
+        packages = tomllib.load(handle)["project"]["dependencies"]
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         command = [

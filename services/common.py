@@ -9,6 +9,8 @@ import logging
 import os
 import re
 import secrets
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -58,6 +60,14 @@ MODEL_INFO = bentoml.metrics.Gauge(
 )
 
 
+WORKER_READY = bentoml.metrics.Gauge(
+    name="recsys_worker_ready",
+    documentation="1 once a worker's models have loaded and passed their self-test, by service "
+    "and worker (the latest value of each worker).",
+    labelnames=["component", "worker"],
+    multiprocess_mode="mostrecent",
+)
+
 # ---- model health (issue 15): age and drift against the snapshot saved with the model ----------
 MODEL_AGE = bentoml.metrics.Gauge(
     name="recsys_model_age_seconds",
@@ -90,13 +100,13 @@ DRIFT_REQUESTS = bentoml.metrics.Gauge(
 
 def model_health(component: str, model_name: str):
     """The ModelHealth of one served model (recsys.health), wired to the gauges above."""
-    from recsys.artifacts import model_path
+    from recsys.artifacts import stored_model
     from recsys.health import DriftReading, ModelHealth
 
     def locate(version: str):
         try:
-            path, full = model_path(version, model_name)
-            return path, bentoml.models.get(full).info.creation_time.timestamp()
+            model = stored_model(version, model_name, store_dir=SETTINGS.model_dir or None)
+            return model.path, model.created
         except Exception:  # a model from elsewhere (tests): no snapshot, no age
             return None, None
 
@@ -463,6 +473,54 @@ class ConcurrencyLimit:
             self.in_flight -= 1
 
 
+class WorkerReadiness:
+    """Readiness of the server, not only of the worker a probe happens to reach.
+
+    BentoML's workers share one socket, so a readiness probe reaches any one of them. A pod
+    whose first worker has loaded its models would be marked ready while another worker still
+    loads, and that worker's requests would get the fallbacks. Each worker publishes its own
+    state (`recsys_worker_ready`, in BentoML's Prometheus multiprocess directory) and answers
+    ready once every worker of its service (RECSYS_WORKERS) has. Outside a BentoML server (no
+    multiprocess directory) the worker's own readiness decides.
+    """
+
+    def __init__(self, component: str, own_ready: Callable[[], bool]) -> None:
+        self.component, self.own_ready = component, own_ready
+        self.worker = str(bentoml.server_context.worker_index or 0)
+        self.directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.every_worker_seen = not self.directory
+        WORKER_READY.labels(component, self.worker).set(0)
+        threading.Thread(target=self._publish, name=f"{component}-ready", daemon=True).start()
+
+    def _publish(self) -> None:
+        while not self.own_ready():
+            time.sleep(0.1)
+        WORKER_READY.labels(self.component, self.worker).set(1)
+
+    def __call__(self) -> bool:
+        if not self.own_ready():
+            return False
+        if not self.every_worker_seen:
+            # Once every worker has been ready, each worker's own state decides (a few ms of
+            # file reads per probe only until then).
+            self.every_worker_seen = len(self._ready_workers()) >= SETTINGS.workers
+        return self.every_worker_seen
+
+    def _ready_workers(self) -> set[str]:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, self.directory)
+        return {
+            sample.labels["worker"]
+            for family in registry.collect()
+            if family.name == "recsys_worker_ready"
+            for sample in family.samples
+            if sample.labels.get("component") == self.component and sample.value == 1
+        }
+
+
 class StageService:
     """A stage serving one model that loads in the background; ready after its self-test.
 
@@ -482,8 +540,13 @@ class StageService:
         self.loaded = BackgroundModel(
             self.component.lower(), load, self_test, SETTINGS.fault_load_delay_s
         )
+        self.readiness = WorkerReadiness(self.component, self.model_ready)
 
     def __is_ready__(self) -> bool:
+        return self.readiness()
+
+    def model_ready(self) -> bool:
+        """This worker's model has loaded and passed its self-test."""
         if self.loaded.ready:
             MODEL_INFO.labels(self.component, self.loaded.version, SETTINGS.track).set(1)
             self.health.refresh(self.loaded.version)  # the age gauge moves with the probes

@@ -88,7 +88,9 @@ class Ranking(StageService):
 
     def __init__(self) -> None:
         self.start_loading(
-            lambda: load_ranker(SETTINGS.ranking_model_tag), check_ranker, RANKING_MODEL
+            lambda: load_ranker(SETTINGS.ranking_model_tag, SETTINGS.model_dir or None),
+            check_ranker,
+            RANKING_MODEL,
         )
         self.batcher = (
             MicroBatcher(
@@ -149,7 +151,7 @@ class LocalRanking:
 
     @property
     def ready(self) -> bool:
-        return self.service.__is_ready__()
+        return self.service.model_ready()
 
     async def is_ready(self, timeout: float | None = None) -> bool:
         return self.ready

@@ -35,6 +35,7 @@ from services.common import (
     FALLBACKS,
     MODEL_INFO,
     SETTINGS,
+    WorkerReadiness,
     depends_on_stage,
     install_tracing,
     json_answer,
@@ -60,7 +61,9 @@ _STATE_VALUES = {"closed": 0, "open": 1, "half_open": 2}
 
 def load_popular():
     """The trending list shipped with the retrieval model: the answer when retrieval is down."""
-    path, tag = model_path(SETTINGS.retrieval_model_tag, RETRIEVAL_MODEL)
+    path, tag = model_path(
+        SETTINGS.retrieval_model_tag, RETRIEVAL_MODEL, store_dir=SETTINGS.model_dir or None
+    )
     return json.loads((path / POPULAR_FILE).read_text()), tag
 
 
@@ -159,6 +162,8 @@ class Recommender:
         install_tracing()
         self.popular = BackgroundModel("popularity", load_popular, check_popular)
         # Resolving the stages (self.retrieval, self.ranking) starts loading in-process models.
+        self.stage_handles = (self.retrieval, self.ranking)
+        self.readiness = WorkerReadiness("Recommender", self.models_ready)
         self.pipeline = RecommendPipeline(
             settings=SETTINGS,
             retrieval=self.retrieval,
@@ -214,7 +219,11 @@ class Recommender:
         )
 
     def __is_ready__(self) -> bool:
-        in_process = [s for s in (self.retrieval, self.ranking) if s.in_process]
+        return self.readiness()
+
+    def models_ready(self) -> bool:
+        """This worker's popularity list and in-process stages are loaded and self-tested."""
+        in_process = [s for s in self.stage_handles if s.in_process]
         ready = self.popular.ready and all(stage.ready for stage in in_process)
         if self.popular.ready:
             MODEL_INFO.labels("Recommender", self.popular.version, SETTINGS.track).set(1)

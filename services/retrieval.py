@@ -99,7 +99,9 @@ class Retrieval(StageService):
 
     def __init__(self) -> None:
         self.start_loading(
-            lambda: load_retrieval(SETTINGS.retrieval_model_tag), check_retrieval, RETRIEVAL_MODEL
+            lambda: load_retrieval(SETTINGS.retrieval_model_tag, SETTINGS.model_dir or None),
+            check_retrieval,
+            RETRIEVAL_MODEL,
         )
 
     def _candidates(
@@ -209,7 +211,7 @@ class LocalRetrieval:
 
     @property
     def ready(self) -> bool:
-        return self.service.__is_ready__()
+        return self.service.model_ready()
 
     async def is_ready(self, timeout: float | None = None) -> bool:
         return self.ready

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -18,24 +18,10 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 import pytest  # noqa: E402
 
-from recsys.data.synth import SynthConfig, generate  # noqa: E402
+from recsys.data.synth import TINY_SYNTH, generate  # noqa: E402
 from recsys.pipeline import TrainConfig  # noqa: E402
 
-TINY_SYNTH = SynthConfig(n_users=600, n_items=1500, n_events=30_000, days=60, seed=7)
-
-
-def tiny_train_config(**overrides) -> TrainConfig:
-    base = TrainConfig()
-    config = replace(
-        base,
-        validation_days=10,
-        test_days=10,
-        max_eval_users=2000,
-        embedding=replace(base.embedding, factors=16, iterations=6),
-        retrieval=replace(base.retrieval, num_candidates=100),
-        ranker=replace(base.ranker, n_estimators=60, max_training_users=1000),
-    )
-    return replace(config, **overrides)
+tiny_train_config = TrainConfig.tiny
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from recsys.errors import ModelMissingError
 from recsys.stack import REPO_ROOT
 from recsys.training_job import RetrainConfig, run_retrain
 
@@ -158,6 +159,59 @@ def test_models_are_published_and_import_back(loop, tmp_path):
     assert done.returncode == 0, done.stderr
     ranker, full = load_ranker(tag)  # the manifest checksums pass
     assert full == tag and len(ranker.items) > 0
+
+
+def test_import_into_a_pod_model_dir_and_load_from_it(loop, tmp_path):
+    """What the chart's init container does: both models of the candidate imported into an
+    empty model directory, then loaded from it in place of the default store's."""
+    import bentoml
+
+    from recsys.artifacts import load_ranker, load_retrieval, stored_model
+
+    store, model_dir = loop["work"] / "model-store", tmp_path / "pod-models"
+    tags = loop["second"].candidate
+    done = subprocess.run(
+        [sys.executable, "-m", "recsys", "models", "import", *tags.values(), "--from", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RECSYS_MODEL_DIR": str(model_dir)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in model_dir.iterdir()) == ["recsys-ranking", "recsys-retrieval"]
+    ranker, ranking_tag = load_ranker(tags["ranking"], model_dir)
+    model, retrieval_tag = load_retrieval(tags["retrieval"], model_dir)
+    assert (ranking_tag, retrieval_tag) == (tags["ranking"], tags["retrieval"])
+    assert stored_model(tags["ranking"], "recsys-ranking", store_dir=model_dir).path.is_relative_to(
+        model_dir.resolve()
+    )
+    assert len(ranker.items) > 0 and len(model.items) > 0
+    # a tag the directory lacks comes from the default store; one in neither is a clear error
+    first = loop["first"].candidate["ranking"]
+    assert bentoml.models.get(first)  # still in the default store
+    assert load_ranker(first, model_dir)[1] == first
+    with pytest.raises(ModelMissingError, match="nor in the BentoML model store"):
+        load_ranker("recsys-ranking:doesnotexist", model_dir)
+    # a tag that is nowhere: one line naming it and the store, no traceback
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recsys",
+            "models",
+            "import",
+            "recsys-ranking:nope",
+            "--from",
+            str(store),
+            "--into",
+            str(model_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "recsys-ranking:nope" in done.stderr and "Traceback" not in done.stderr
 
 
 def _broken(source: Path, frame: pd.DataFrame, tmp_path: Path, lines: list[str]):

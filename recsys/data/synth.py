@@ -49,6 +49,10 @@ class SynthConfig:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
 
 
+# A few seconds of data for rehearsals and tests (600 users, 1,500 items, 30,000 events).
+TINY_SYNTH = SynthConfig(n_users=600, n_items=1500, n_events=30_000, days=60, seed=7)
+
+
 @dataclass
 class SyntheticData:
     """Generated interactions and catalog, plus the hidden truth used to build them."""

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from recsys.ops import durations
 from recsys.rollout.errors import RolloutError, UnknownComponentError
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ MODEL_INFO_METRIC = "recsys_model_info"
 # One label matcher: name, operator, double-quoted value (escapes allowed).
 _MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*'
 _SELECTOR = re.compile(rf"{_MATCHER}(?:,{_MATCHER})*")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Floating-point slack when comparing an observed value with its limit.
 _EPSILON = 1e-9
 
@@ -74,22 +73,12 @@ def parse_duration(text: str | float | int) -> float:
     """Seconds of a duration such as `90`, `90s`, `2m`, `1m30s`, `1h`, `500ms`.
 
     Raises:
-        RolloutError: the text is not a positive duration.
+        RolloutError: the text is not a positive duration (recsys.ops.durations says why).
     """
-    if isinstance(text, int | float):
-        seconds = float(text)
-    else:
-        raw = text.strip().lower()
-        if re.fullmatch(r"\d+(?:\.\d+)?", raw):
-            seconds = float(raw)
-        else:
-            parts = _DURATION_PART.findall(raw)
-            if not parts or "".join(n + u for n, u in parts) != raw:
-                raise RolloutError(f"not a duration: {text!r} (use e.g. 90s, 2m, 1m30s, 1h)")
-            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    if not seconds > 0 or math.isinf(seconds):
-        raise RolloutError(f"a duration must be positive, got {text!r}")
-    return seconds
+    try:
+        return durations.parse_duration(text)
+    except durations.DurationError as exc:
+        raise RolloutError(str(exc)) from exc
 
 
 def promql_duration(seconds: float) -> str:

@@ -7,9 +7,13 @@ from recsys.cli.main), 3 inconclusive (or held for lack of evidence).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
@@ -83,37 +87,6 @@ def _console():
     return Console()
 
 
-def _helm(
-    release: str,
-    namespace: str,
-    chart: str | None,
-    helm: str | None,
-    kube_context: str | None,
-    timeout: str,
-):
-    from recsys.rollout.helm import DEFAULT_CHART, Helm, find_helm
-    from recsys.rollout.plan import HelmTarget
-
-    target = HelmTarget(
-        release=release,
-        namespace=namespace,
-        chart=chart or str(DEFAULT_CHART),
-        helm=find_helm(helm),
-        kube_context=kube_context,
-        timeout=timeout,
-    )
-    return Helm(target)
-
-
-def _values(helm, values_from: Path | None):
-    from recsys.rollout.helm import values_from_file
-
-    if values_from is not None:
-        chart = Path(helm.target.chart)
-        return values_from_file(values_from, chart if chart.is_dir() else None)
-    return helm.get_values()
-
-
 def _echo(console):
     from recsys.rollout.render import command_line
 
@@ -135,30 +108,183 @@ def _note_workload(console, values, component: str) -> None:
         )
 
 
+def _change_release(options: HelmOptions, component: str, plan: Callable[..., Any]):
+    """Plan helm commands against the release's values and carry them out (or print them).
+
+    Args:
+        options: the release and how to reach it.
+        component: the component the command is about (named when Ranking runs in the gateway).
+        plan: (target, values) -> the helm commands.
+
+    Returns:
+        (the release's values, the console), for what the command prints next.
+    """
+    runner = options.runner()
+    values = options.values(runner)
+    console = _console()
+    _note_workload(console, values, component)
+    runner.execute(plan(runner.target, values), options.dry_run, _echo(console))
+    return values, console
+
+
 def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2, default=str))
 
 
-def _thresholds(
-    slo: Path | None,
-    slo_endpoint: str,
-    p95_ms: float | None,
-    p99_ms: float | None,
-    max_latency_ratio: float | None,
-    min_requests: int | None,
-    latency_slack_ms: float,
-):
-    from recsys.rollout.analysis import Thresholds
-    from recsys.slo import load_slo
+Command = TypeVar("Command", bound=Callable[..., Any])
 
-    return Thresholds.from_slo(load_slo(slo), slo_endpoint).with_overrides(
-        p95_ms=p95_ms,
-        p99_ms=p99_ms,
-        max_latency_ratio=max_latency_ratio,
-        min_requests=min_requests,
-        latency_slack_ms=latency_slack_ms,
+
+def with_options(**groups: Callable[..., Any]) -> Callable[[Command], Command]:
+    """Declare a group of options once and hand each command one object built from them.
+
+    Each keyword names a parameter of the command and the function that declares the group's
+    options (its parameters, typed with the Annotated aliases above) and builds the object. The
+    command's signature, as Typer reads it, gets the group's options in place of that parameter,
+    so the command line stays exactly as if every command declared them itself.
+    """
+
+    def decorate(command: Command) -> Command:
+        hints = get_type_hints(command, include_extras=True)
+        params = [
+            p.replace(annotation=hints[p.name])
+            for p in inspect.signature(command).parameters.values()
+            if p.name not in groups
+        ]
+        members: dict[str, list[str]] = {}
+        for name, build in groups.items():
+            build_hints = get_type_hints(build, include_extras=True)
+            options = list(inspect.signature(build).parameters.values())
+            params += [p.replace(annotation=build_hints[p.name]) for p in options]
+            members[name] = [p.name for p in options]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            for name, build in groups.items():
+                kwargs[name] = build(**{option: kwargs.pop(option) for option in members[name]})
+            return command(**kwargs)
+
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class HelmOptions:
+    """How a command reaches the release: `helm upgrade --reuse-values` on it, or a dry run."""
+
+    release: str
+    namespace: str
+    chart: str | None
+    helm: str | None
+    kube_context: str | None
+    timeout: str
+    dry_run: bool
+    values_from: Path | None
+
+    def runner(self):
+        """The Helm runner of the release."""
+        from recsys.rollout.helm import DEFAULT_CHART, Helm, find_helm
+        from recsys.rollout.plan import HelmTarget
+
+        target = HelmTarget(
+            release=self.release,
+            namespace=self.namespace,
+            chart=self.chart or str(DEFAULT_CHART),
+            helm=find_helm(self.helm),
+            kube_context=self.kube_context,
+            timeout=self.timeout,
+        )
+        return Helm(target)
+
+    def values(self, runner):
+        """The release's values: --values-from merged over the chart defaults, else helm's."""
+        from recsys.rollout.helm import values_from_file
+
+        if self.values_from is not None:
+            chart = Path(runner.target.chart)
+            return values_from_file(self.values_from, chart if chart.is_dir() else None)
+        return runner.get_values()
+
+
+def helm_options(
+    release: Release = "recsys",
+    namespace: Namespace = "recsys",
+    chart: Chart = None,
+    helm: HelmBin = None,
+    kube_context: KubeContext = None,
+    timeout: Timeout = "10m",
+    dry_run: DryRun = False,
+    values_from: ValuesFrom = None,
+) -> HelmOptions:
+    """The Helm options of every command that changes the release."""
+    return HelmOptions(release, namespace, chart, helm, kube_context, timeout, dry_run, values_from)
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """Where the metrics come from and which limits they are held to."""
+
+    prometheus_url: str
+    selector: str
+    endpoint: str | None
+    slo: Path | None
+    slo_endpoint: str
+    p95_ms: float | None
+    p99_ms: float | None
+    max_latency_ratio: float | None
+    min_requests: int | None
+    latency_slack_ms: float
+
+    def limits(self):
+        """The thresholds: the SLO file's endpoint objectives with the overrides applied."""
+        from recsys.rollout.analysis import Thresholds
+        from recsys.slo import load_slo
+
+        return Thresholds.from_slo(load_slo(self.slo), self.slo_endpoint).with_overrides(
+            p95_ms=self.p95_ms,
+            p99_ms=self.p99_ms,
+            max_latency_ratio=self.max_latency_ratio,
+            min_requests=self.min_requests,
+            latency_slack_ms=self.latency_slack_ms,
+        )
+
+    def analyze_once(self, component: str, window_s: float, limits, at: float | None = None):
+        """One canary-vs-stable analysis of `component` over the window ending at `at` (now)."""
+        from recsys.rollout.analysis import AnalysisTarget
+        from recsys.rollout.prometheus import PrometheusClient, analyze
+
+        target = AnalysisTarget(component, window_s, self.selector, self.endpoint)
+        return analyze(PrometheusClient(self.prometheus_url), target, limits, at)
+
+
+def analysis_options(
+    prometheus_url: PrometheusURL = "http://127.0.0.1:9090",
+    selector: Selector = "",
+    endpoint: Endpoint = None,
+    slo: SLOPath = None,
+    slo_endpoint: SLOEndpoint = "recommend",
+    p95_ms: P95 = None,
+    p99_ms: P99 = None,
+    max_latency_ratio: LatencyRatio = None,
+    min_requests: MinRequests = None,
+    latency_slack_ms: LatencySlack = 0.0,
+) -> AnalysisOptions:
+    """The Prometheus and threshold options of `analyze` and `run`."""
+    return AnalysisOptions(
+        prometheus_url,
+        selector,
+        endpoint,
+        slo,
+        slo_endpoint,
+        p95_ms,
+        p99_ms,
+        max_latency_ratio,
+        min_requests,
+        latency_slack_ms,
     )
 
 
@@ -228,6 +354,7 @@ def preflight(
 
 
 @rollout_app.command("start")
+@with_options(helm_options=helm_options)
 def start(
     component: Component,
     image_tag: Annotated[str, typer.Option(help="Image tag of the canary")],
@@ -248,34 +375,27 @@ def start(
     fault_error_rate: Annotated[
         float, typer.Option(help="TEST ONLY: error share injected into the canary", hidden=True)
     ] = 0.0,
-    release: Release = "recsys",
-    namespace: Namespace = "recsys",
-    chart: Chart = None,
-    helm: HelmBin = None,
-    kube_context: KubeContext = None,
-    timeout: Timeout = "10m",
-    dry_run: DryRun = False,
-    values_from: ValuesFrom = None,
+    *,
+    helm_options: HelmOptions,
 ) -> None:
     """Start a canary: `helm upgrade --reuse-values` with <component>.canary.* set."""
     from recsys.rollout.plan import plan_start
 
-    runner = _helm(release, namespace, chart, helm, kube_context, timeout)
-    values = _values(runner, values_from)
-    commands = plan_start(
-        runner.target,
-        values,
+    values, console = _change_release(
+        helm_options,
         component,
-        image_tag,
-        weight,
-        model_tag=model_tag,
-        image_repository=image_repository,
-        fault_latency_ms=fault_latency_ms,
-        fault_error_rate=fault_error_rate,
+        lambda target, values: plan_start(
+            target,
+            values,
+            component,
+            image_tag,
+            weight,
+            model_tag=model_tag,
+            image_repository=image_repository,
+            fault_latency_ms=fault_latency_ms,
+            fault_error_rate=fault_error_rate,
+        ),
     )
-    console = _console()
-    _note_workload(console, values, component)
-    runner.execute(commands, dry_run, _echo(console))
     component = values.workload(component)
     share = values.effective_share(component, weight)
     if not values.weight_is_exact(component):
@@ -290,93 +410,58 @@ def start(
 
 
 @rollout_app.command("set-weight")
+@with_options(helm_options=helm_options)
 def set_weight(
     component: Component,
     weight: Annotated[int, typer.Option(help="New percent of traffic for the canary")],
-    release: Release = "recsys",
-    namespace: Namespace = "recsys",
-    chart: Chart = None,
-    helm: HelmBin = None,
-    kube_context: KubeContext = None,
-    timeout: Timeout = "10m",
-    dry_run: DryRun = False,
-    values_from: ValuesFrom = None,
+    *,
+    helm_options: HelmOptions,
 ) -> None:
     """Move a running canary to another share of traffic."""
     from recsys.rollout.plan import plan_set_weight
 
-    runner = _helm(release, namespace, chart, helm, kube_context, timeout)
-    values = _values(runner, values_from)
-    console = _console()
-    _note_workload(console, values, component)
-    runner.execute(
-        plan_set_weight(runner.target, values, component, weight), dry_run, _echo(console)
+    _change_release(
+        helm_options,
+        component,
+        lambda target, values: plan_set_weight(target, values, component, weight),
     )
 
 
 @rollout_app.command("promote")
+@with_options(helm_options=helm_options)
 def promote(
     component: Component,
-    release: Release = "recsys",
-    namespace: Namespace = "recsys",
-    chart: Chart = None,
-    helm: HelmBin = None,
-    kube_context: KubeContext = None,
-    timeout: Timeout = "10m",
-    dry_run: DryRun = False,
-    values_from: ValuesFrom = None,
+    *,
+    helm_options: HelmOptions,
 ) -> None:
     """Stable takes the canary's image (and model tag); the canary is switched off."""
     from recsys.rollout.plan import plan_promote
 
-    runner = _helm(release, namespace, chart, helm, kube_context, timeout)
-    values = _values(runner, values_from)
-    console = _console()
-    _note_workload(console, values, component)
-    runner.execute(plan_promote(runner.target, values, component), dry_run, _echo(console))
+    _change_release(
+        helm_options, component, lambda target, values: plan_promote(target, values, component)
+    )
 
 
 @rollout_app.command("rollback")
+@with_options(helm_options=helm_options)
 def rollback(
     component: Component,
     to_revision: Annotated[
         int | None, typer.Option(help="Use `helm rollback` to this revision instead")
     ] = None,
-    release: Release = "recsys",
-    namespace: Namespace = "recsys",
-    chart: Chart = None,
-    helm: HelmBin = None,
-    kube_context: KubeContext = None,
-    timeout: Timeout = "10m",
-    dry_run: DryRun = False,
-    values_from: ValuesFrom = None,
+    *,
+    helm_options: HelmOptions,
 ) -> None:
     """Send all traffic back to stable (KServe: weight 0 first, then canary off)."""
     from recsys.rollout.plan import ChartValues, plan_rollback
 
-    runner = _helm(release, namespace, chart, helm, kube_context, timeout)
-    values = ChartValues({}) if to_revision is not None else _values(runner, values_from)
+    runner = helm_options.runner()
+    values = ChartValues({}) if to_revision is not None else helm_options.values(runner)
     commands = plan_rollback(runner.target, values, component, to_revision=to_revision)
     console = _console()
     if to_revision is None:
         _note_workload(console, values, component)
-    runner.execute(commands, dry_run, _echo(console))
-
-
-def _analyze_once(
-    prometheus_url: str,
-    component: str,
-    window_s: float,
-    selector: str,
-    endpoint: str | None,
-    limits,
-    at: float | None = None,
-):
-    from recsys.rollout.analysis import AnalysisTarget
-    from recsys.rollout.prometheus import PrometheusClient, analyze
-
-    target = AnalysisTarget(component, window_s, selector, endpoint)
-    return analyze(PrometheusClient(prometheus_url), target, limits, at)
+    runner.execute(commands, helm_options.dry_run, _echo(console))
 
 
 def _print_report(console, report) -> None:
@@ -388,23 +473,16 @@ def _print_report(console, report) -> None:
 
 
 @rollout_app.command("analyze")
+@with_options(analysis=analysis_options)
 def analyze(
     component: Component = "gateway",
-    prometheus_url: PrometheusURL = "http://127.0.0.1:9090",
     window: Window = "5m",
-    selector: Selector = "",
-    endpoint: Endpoint = None,
-    slo: SLOPath = None,
-    slo_endpoint: SLOEndpoint = "recommend",
-    p95_ms: P95 = None,
-    p99_ms: P99 = None,
-    max_latency_ratio: LatencyRatio = None,
-    min_requests: MinRequests = None,
-    latency_slack_ms: LatencySlack = 0.0,
     at: Annotated[
         float | None, typer.Option(help="Evaluate at this Unix time (default: now)")
     ] = None,
     json_out: JsonOut = None,
+    *,
+    analysis: AnalysisOptions,
 ) -> None:
     """Canary vs stable from Prometheus against slo.yaml: exit 0 pass, 1 fail, 3 inconclusive.
 
@@ -413,18 +491,14 @@ def analyze(
     """
     from recsys.rollout.analysis import parse_duration
 
-    limits = _thresholds(
-        slo, slo_endpoint, p95_ms, p99_ms, max_latency_ratio, min_requests, latency_slack_ms
-    )
-    report = _analyze_once(
-        prometheus_url, component, parse_duration(window), selector, endpoint, limits, at
-    )
+    report = analysis.analyze_once(component, parse_duration(window), analysis.limits(), at)
     _print_report(_console(), report)
     _write_json(json_out, report.to_dict())
     raise typer.Exit(report.verdict.exit_code)
 
 
 @rollout_app.command("run")
+@with_options(analysis=analysis_options, helm_options=helm_options)
 def run(
     component: Component,
     steps: Annotated[str, typer.Option(help="Canary percentages; 100 = promote")] = "5,25,50,100",
@@ -443,24 +517,9 @@ def run(
     log: Annotated[Path, typer.Option(help="Decision log (JSON lines, appended)")] = Path(
         "reports/rollout/decisions.jsonl"
     ),
-    prometheus_url: PrometheusURL = "http://127.0.0.1:9090",
-    selector: Selector = "",
-    endpoint: Endpoint = None,
-    slo: SLOPath = None,
-    slo_endpoint: SLOEndpoint = "recommend",
-    p95_ms: P95 = None,
-    p99_ms: P99 = None,
-    max_latency_ratio: LatencyRatio = None,
-    min_requests: MinRequests = None,
-    latency_slack_ms: LatencySlack = 0.0,
-    release: Release = "recsys",
-    namespace: Namespace = "recsys",
-    chart: Chart = None,
-    helm: HelmBin = None,
-    kube_context: KubeContext = None,
-    timeout: Timeout = "10m",
-    dry_run: DryRun = False,
-    values_from: ValuesFrom = None,
+    *,
+    analysis: AnalysisOptions,
+    helm_options: HelmOptions,
 ) -> None:
     """Progressive rollout: weight steps with analysis; the first failure rolls back (exit 1)."""
     from recsys.rollout.actions import HelmActions
@@ -476,12 +535,10 @@ def run(
         max_inconclusive=max_inconclusive,
         on_inconclusive=on_inconclusive,
     )  # type: ignore[arg-type]
-    limits = _thresholds(
-        slo, slo_endpoint, p95_ms, p99_ms, max_latency_ratio, min_requests, latency_slack_ms
-    )
-    PrometheusClient(prometheus_url).query("vector(1)")  # fail before touching the release
-    runner = _helm(release, namespace, chart, helm, kube_context, timeout)
-    values = _values(runner, values_from)
+    limits = analysis.limits()
+    PrometheusClient(analysis.prometheus_url).query("vector(1)")  # fail before touching the release
+    runner = helm_options.runner()
+    values = helm_options.values(runner)
     console = _console()
     _note_workload(console, values, component)
     # What is analysed: the pods that run the component (the gateway's for an in-process ranking).
@@ -497,13 +554,13 @@ def run(
         image_tag=image_tag,
         model_tag=model_tag,
         image_repository=image_repository,
-        dry_run=dry_run,
+        dry_run=helm_options.dry_run,
         echo=_echo(console),
     )
     log.parent.mkdir(parents=True, exist_ok=True)
 
     def analyze_window(window_s: float):
-        report = _analyze_once(prometheus_url, analysed, window_s, selector, endpoint, limits)
+        report = analysis.analyze_once(analysed, window_s, limits)
         _print_report(console, report)
         return report
 
@@ -514,7 +571,8 @@ def run(
         with log.open("a") as handle:
             handle.write(
                 json.dumps(
-                    {"component": component, "release": release, **decision.to_dict()}, default=str
+                    {"component": component, "release": helm_options.release, **decision.to_dict()},
+                    default=str,
                 )
                 + "\n"
             )

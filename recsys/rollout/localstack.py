@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -26,6 +25,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from recsys.ops.bentoml_home import private_home as private_bentoml_home
+from recsys.ops.processes import start_logged, stop_tree
 from recsys.rollout.errors import RolloutError
 
 PROMETHEUS_CANDIDATES = ("/usr/bin/prometheus",)
@@ -141,14 +142,8 @@ class PrometheusServer:
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+        stop_tree(self.process.pid, timeout_s)
+        self.process.wait(5)
 
 
 def start_prometheus(
@@ -171,15 +166,7 @@ def start_prometheus(
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
     ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return PrometheusServer(port, process, workdir, log_path)
+    return PrometheusServer(port, start_logged(argv, log_path), workdir, log_path)
 
 
 @contextlib.contextmanager
@@ -205,15 +192,9 @@ def private_home(model_home: Path, workdir: Path, name: str) -> Path:
     BentoML keeps its Prometheus multiprocess files in $BENTOML_HOME/prometheus_multiproc_dir
     and wipes that directory when a server starts: two stacks sharing one home would report
     each other's requests (and reset them). Each stack therefore gets its own home whose
-    `models` is a symlink to the shared store.
+    `models` is a symlink to the shared store (recsys.ops.bentoml_home).
     """
-    home = workdir / f"bentoml-{name}"
-    home.mkdir(parents=True, exist_ok=True)
-    models = home / "models"
-    if not models.exists():
-        (model_home / "models").mkdir(parents=True, exist_ok=True)
-        models.symlink_to((model_home / "models").resolve(), target_is_directory=True)
-    return home
+    return private_bentoml_home(workdir / f"bentoml-{name}", model_home / "models")
 
 
 def stack_env(

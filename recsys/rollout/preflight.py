@@ -170,13 +170,7 @@ def run_preflight(
     compare_ndcg(1.0, 1.0, tolerance)  # validates the tolerance before the slow part
     stable_full = resolve_tag(stable_ranking, RANKING_MODEL)
     saved = bentoml.models.get(stable_full).info.metadata.get("config", {})
-    config = TrainConfig(
-        split=saved.get("split", "chronological"),
-        ratio=saved.get("ratio", 0.75),
-        validation_days=saved.get("validation_days", 14.0),
-        test_days=saved.get("test_days", 14.0),
-        seed=saved.get("seed", 0),
-    )
+    config = TrainConfig.split_of(saved)
     interactions, catalog = load_movielens(data) if movielens else load_dataset(data)
     clean = validate_dataset(interactions, catalog, saved.get("max_reject_ratio", 0.05))
     split = make_split(clean.interactions, config)

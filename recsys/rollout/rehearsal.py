@@ -61,21 +61,12 @@ class RehearsalConfig:
 def _train_and_print_tags() -> None:
     """Train seeded tiny models into $BENTOML_HOME and print their tags as JSON (subprocess)."""
     from recsys.artifacts import save_models
-    from recsys.data.synth import SynthConfig, generate
+    from recsys.data.synth import TINY_SYNTH, generate
     from recsys.pipeline import TrainConfig, train_pipeline
 
-    data = generate(SynthConfig(n_users=600, n_items=1500, n_events=30_000, days=60, seed=7))
-    base = TrainConfig()
-    config = replace(
-        base,
-        validation_days=10,
-        test_days=10,
-        max_eval_users=2000,
-        embedding=replace(base.embedding, factors=16, iterations=6),
-        retrieval=replace(base.retrieval, num_candidates=100),
-        ranker=replace(base.ranker, n_estimators=60, max_training_users=1000),
-    )
-    print(json.dumps(save_models(train_pipeline(data.interactions, data.catalog, config))))
+    data = generate(TINY_SYNTH)
+    result = train_pipeline(data.interactions, data.catalog, TrainConfig.tiny())
+    print(json.dumps(save_models(result)))
 
 
 def train_tiny_models(home: Path) -> dict[str, str]:
@@ -312,17 +303,14 @@ def rehearse(config: RehearsalConfig, console: Console | None = None) -> int:
             with TrafficDriver(urls, users, rps=config.rps, max_seconds=budget) as driver:
                 time.sleep(3)  # stable-only traffic first: the baseline
                 _phase(console, f"3/4 healthy canary {config.canary_tag}: steps {config.steps}")
-                healthy = run_phase(
-                    "healthy",
-                    config.canary_tag,
-                    RunPolicy(steps, interval_s, start=True),
-                    driver,
-                    prom.url,
-                    limits,
-                    console,
-                    log_path,
-                    tags,
-                )
+
+                def phase(name: str, tag: str, faults: tuple[float, float] = (0.0, 0.0)):
+                    policy = RunPolicy(steps, interval_s, start=True)
+                    return run_phase(
+                        name, tag, policy, driver, prom.url, limits, console, log_path, tags, faults
+                    )
+
+                healthy = phase("healthy", config.canary_tag)
                 summary["healthy"] = healthy.to_dict()
                 _phase(
                     console,
@@ -338,18 +326,7 @@ def rehearse(config: RehearsalConfig, console: Console | None = None) -> int:
                         start_stacks({"canary": (ports["canary"], bad_env)}, out / "logs")
                     )
                     time.sleep(3)  # a few scrapes of the fresh (zeroed) counters
-                bad = run_phase(
-                    "bad",
-                    config.bad_tag,
-                    RunPolicy(steps, interval_s, start=True),
-                    driver,
-                    prom.url,
-                    limits,
-                    console,
-                    log_path,
-                    tags,
-                    faults=(config.bad_latency_ms, config.bad_error_rate),
-                )
+                bad = phase("bad", config.bad_tag, (config.bad_latency_ms, config.bad_error_rate))
                 summary["bad"] = bad.to_dict()
             summary["traffic"] = {
                 t: {str(k): v for k, v in c.items()} for t, c in driver.snapshot().items()

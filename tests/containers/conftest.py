@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -187,13 +188,40 @@ class Stack:
     names: dict[str, str] = field(default_factory=dict)  # Deployment -> container name
     started_at: dict[str, float] = field(default_factory=dict)
     readiness: dict[str, Readiness] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)  # containers run to completion
 
     def container(self, deployment: str) -> ContainerPlan:
         return self.plan.containers[deployment]
 
     def start(self, deployment: str) -> None:
-        self.names[deployment] = self.docker.start(self.plan.containers[deployment])
+        """Run the pod's init containers to completion, in order, then start its container;
+        the probes' clock starts then, as the kubelet's does."""
+        plan = self.plan.containers[deployment]
+        for init in plan.init:
+            code, log = self.run_to_completion(init, timeout=300)
+            if code != 0:
+                raise RuntimeError(
+                    f"{deployment}: init container {init.name} exited {code}:\n{log[-3000:]}"
+                )
+        self.names[deployment] = self.docker.start(plan)
         self.started_at[deployment] = time.monotonic()
+
+    def run_to_completion(self, plan: ContainerPlan, timeout: float) -> tuple[int, str]:
+        """Run one container until it exits: (exit code, log)."""
+        name = self.docker.start(plan)
+        code = self.docker.wait_exit(name, timeout)
+        log = self.docker.logs(name, tail=400)
+        self.logs[plan.pod] = log
+        return code, log
+
+    def run_job(self, cronjob: str, timeout: float = 900) -> tuple[int, str]:
+        """One run of a CronJob's pod (init containers first): (exit code, log)."""
+        plan = self.plan.jobs[cronjob]
+        for init in plan.init:
+            code, log = self.run_to_completion(init, timeout=300)
+            if code != 0:
+                return code, log
+        return self.run_to_completion(plan, timeout)
 
     def wait_ready(self, deployment: str, budget_s: float | None = None) -> Readiness:
         name = self.names[deployment]
@@ -232,17 +260,20 @@ def running_stack(
     docker_bin: str,
     image: BuiltImage,
     only: list[str] | None = None,
+    claims: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Start the rendered Deployments (all of them, or `only`) from the built image, tagged as
-    the manifests reference it; remove containers and tags afterwards."""
-    plan = PodPlan.from_manifests(objects)
+    the manifests reference it; remove containers and tags afterwards. `claims` names the host
+    directory of each PersistentVolumeClaim."""
+    plan = PodPlan.from_manifests(objects, claims=claims)
     docker = Docker(docker_bin, f"recsys-ct-{name}")
-    refs = {c.image for c in [*plan.containers.values(), *plan.tests.values()]}
+    pods = [*plan.containers.values(), *plan.tests.values(), *plan.jobs.values()]
+    refs = {c.image for pod in pods for c in [pod, *pod.init]}
     for ref in refs:
         docker.run("tag", image.tag, ref)
     stack = Stack(name, plan, docker)
     try:
-        for deployment in only or list(plan.containers):
+        for deployment in list(plan.containers) if only is None else only:
             stack.start(deployment)
         yield stack
     finally:
@@ -251,7 +282,15 @@ def running_stack(
             log_dir = REPORT_DIR / "logs" / name
             log_dir.mkdir(parents=True, exist_ok=True)
             (log_dir / f"{deployment}.log").write_text(log)
+        for pod, log in stack.logs.items():
+            log_dir = REPORT_DIR / "logs" / name
+            log_dir.mkdir(parents=True, exist_ok=True)
+            (log_dir / f"{pod}.log").write_text(log)
         docker.cleanup()
+        scratch = tempfile.gettempdir()
+        for host, _ in {b for pod in pods for c in [pod, *pod.init] for b in c.binds.values()}:
+            if Path(host).name.startswith("recsys-pod-") and str(Path(host).parent) == scratch:
+                shutil.rmtree(host, ignore_errors=True)
         for ref in refs:
             docker.run("rmi", ref, check=False)
 

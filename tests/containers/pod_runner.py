@@ -23,11 +23,13 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import random
 import re
 import secrets
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -86,9 +88,11 @@ def cpu_cores(quantity: str | int | float) -> float:
 
 
 def pod_template(obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(pod metadata, pod spec) of a Deployment or a Pod."""
+    """(pod metadata, pod spec) of a Deployment, Job, CronJob or Pod."""
     if obj["kind"] == "Pod":
         return obj["metadata"], obj["spec"]
+    if obj["kind"] == "CronJob":
+        obj = obj["spec"]["jobTemplate"]
     return obj["spec"]["template"]["metadata"], obj["spec"]["template"]["spec"]
 
 
@@ -155,6 +159,11 @@ class ContainerPlan:
     probes: dict[str, Probe] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     pre_stop: list[str] | None = None  # lifecycle.preStop.exec.command
+    working_dir: str | None = None
+    # mount path -> (host directory, read-only): a PersistentVolumeClaim, or an emptyDir that
+    # several containers of the pod share (an init container filling it)
+    binds: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    init: list[ContainerPlan] = field(default_factory=list)  # run to completion first, in order
 
     @property
     def host_port(self) -> int:
@@ -177,6 +186,10 @@ class ContainerPlan:
             args.append("--read-only")
         for path, options in self.tmpfs.items():
             args += ["--tmpfs", f"{path}:{options}"]
+        for path, (host, read_only) in self.binds.items():
+            args += ["--volume", f"{host}:{path}:{'ro' if read_only else 'rw'}"]
+        if self.working_dir:
+            args += ["--workdir", self.working_dir]
         for capability in self.cap_drop:
             args += ["--cap-drop", capability]
         if self.no_new_privileges:
@@ -207,12 +220,14 @@ class PodPlan:
     containers: dict[str, ContainerPlan]  # by Deployment name
     tests: dict[str, ContainerPlan]  # helm test pods, by Pod name
     services: dict[str, dict[str, Any]]
+    jobs: dict[str, ContainerPlan] = field(default_factory=dict)  # CronJobs' pods, by name
 
     @classmethod
     def from_manifests(
         cls,
         objects: Iterable[Mapping[str, Any]],
         secret_values: dict[tuple[str, str], str] | None = None,
+        claims: Mapping[str, str] | None = None,
     ) -> PodPlan:
         """Plan every Deployment and helm test Pod of the rendered objects.
 
@@ -221,6 +236,7 @@ class PodPlan:
             secret_values: values of Secret keys the chart references but does not render
                 (created by the operator); filled in with random values when missing, the same
                 value for every container referencing the same (secret, key).
+            claims: host directory of each PersistentVolumeClaim the pods mount, by claim name.
 
         Returns:
             The plan; host ports are assigned, URLs not yet rewritten (see `rewrite_urls`).
@@ -238,10 +254,14 @@ class PodPlan:
         }
         plan = cls(
             containers={
-                name: _plan(obj, by_kind, secrets_given) for name, obj in workloads.items()
+                name: _plan(obj, by_kind, secrets_given, claims) for name, obj in workloads.items()
             },
             tests={name: _plan(obj, by_kind, secrets_given) for name, obj in hooks.items()},
             services=dict(by_kind.get("Service", {})),
+            jobs={
+                name: _plan(obj, by_kind, secrets_given, claims)
+                for name, obj in by_kind.get("CronJob", {}).items()
+            },
         )
         plan.rewrite_urls({**by_kind.get("Deployment", {})})
         return plan
@@ -289,7 +309,8 @@ class PodPlan:
             port = int(match["port"]) if match["port"] else None
             return self.service_url(match["host"], port, deployments) or dead
 
-        for container in [*self.containers.values(), *self.tests.values()]:
+        every = [*self.containers.values(), *self.tests.values(), *self.jobs.values()]
+        for container in [*every, *(init for c in every for init in c.init)]:
             container.env = {k: CLUSTER_URL.sub(replace, v) for k, v in container.env.items()}
 
 
@@ -356,25 +377,72 @@ def _plan(
     obj: Mapping[str, Any],
     by_kind: Mapping[str, Mapping[str, Mapping[str, Any]]],
     secret_values: dict[tuple[str, str], str],
+    claims: Mapping[str, str] | None = None,
 ) -> ContainerPlan:
+    """The pod's one container, with its init containers (`.init`), planned for docker run.
+
+    Volumes: an emptyDir only one container mounts is a tmpfs of its sizeLimit; one several
+    containers share (an init container filling it) is a fresh host directory, bind-mounted into
+    each (no size limit); a PersistentVolumeClaim is the host directory `claims` names for it.
+    """
     name = obj["metadata"]["name"]
     meta, spec = pod_template(obj)
     meta = {**meta, "namespace": obj["metadata"].get("namespace", "default")}
     containers = spec["containers"]
-    if len(containers) != 1 or spec.get("initContainers"):
+    if len(containers) != 1:
         raise PlanError(f"{name}: only single-container pods are planned")
-    container = containers[0]
+    every = [*spec.get("initContainers", []), containers[0]]
+    volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
+    mounted_by: dict[str, int] = {}
+    for container in every:
+        for mount in container.get("volumeMounts", []):
+            mounted_by[mount["name"]] = mounted_by.get(mount["name"], 0) + 1
+    host_dirs: dict[str, str] = {}
+    for volume_name, count in mounted_by.items():
+        volume = volumes[volume_name]
+        if "persistentVolumeClaim" in volume:
+            claim = volume["persistentVolumeClaim"]["claimName"]
+            if claim not in (claims or {}):
+                raise PlanError(f"{name}: no host directory given for claim {claim}")
+            host_dirs[volume_name] = str(claims[claim])
+        elif "emptyDir" in volume and count > 1:
+            shared = tempfile.mkdtemp(prefix=f"recsys-pod-{name}-{volume_name}-")
+            os.chmod(shared, 0o777)  # an emptyDir is world-writable
+            host_dirs[volume_name] = shared
+        elif "emptyDir" not in volume:
+            raise PlanError(f"{name}: volume {volume_name} is neither an emptyDir nor a claim")
+
+    def env(container: Mapping[str, Any]) -> dict[str, str]:
+        return _resolve_env(container.get("env", []), by_kind, secret_values, meta, name)
+
+    plan = _container_plan(name, spec, containers[0], volumes, host_dirs, env(containers[0]))
+    plan.init = [
+        _container_plan(name, spec, c, volumes, host_dirs, env(c), serving=False)
+        for c in spec.get("initContainers", [])
+    ]
+    return plan
+
+
+def _container_plan(
+    name: str,
+    spec: Mapping[str, Any],
+    container: Mapping[str, Any],
+    volumes: Mapping[str, Mapping[str, Any]],
+    host_dirs: Mapping[str, str],
+    env: dict[str, str],
+    serving: bool = True,
+) -> ContainerPlan:
     pod_security = spec.get("securityContext") or {}
     security = {**pod_security, **(container.get("securityContext") or {})}
     user, group = security.get("runAsUser"), security.get("runAsGroup")
     if security.get("runAsNonRoot") and user in (None, 0):
         raise PlanError(f"{name}: runAsNonRoot without a non-zero runAsUser")
-    volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
-    tmpfs = {}
+    tmpfs, binds = {}, {}
     for mount in container.get("volumeMounts", []):
+        if mount["name"] in host_dirs:
+            binds[mount["mountPath"]] = (host_dirs[mount["name"]], bool(mount.get("readOnly")))
+            continue
         volume = volumes[mount["name"]]
-        if "emptyDir" not in volume:
-            raise PlanError(f"{name}: volume {mount['name']} is not an emptyDir")
         # An emptyDir is a world-writable directory, executable, of at most sizeLimit.
         options = ["rw", "exec", "nosuid", "nodev", "mode=0777"]
         limit = (volume["emptyDir"] or {}).get("sizeLimit")
@@ -383,14 +451,14 @@ def _plan(
         tmpfs[mount["mountPath"]] = ",".join(options)
     limits = (container.get("resources") or {}).get("limits") or {}
     ports: dict[str | int, int] = {}
-    for port in container.get("ports", []):
+    for port in container.get("ports", []) if serving else []:
         host_port = free_port()
         ports[port["containerPort"]] = host_port
         if "name" in port:
             ports[port["name"]] = host_port
     args = [str(a) for a in container.get("args", [])]
     # One host network for all pods: the server listens on its own host port.
-    if "--port" in args and container.get("ports"):
+    if "--port" in args and ports:
         index = args.index("--port") + 1
         args[index] = str(ports[int(args[index])])
     command = [str(c) for c in container.get("command", [])]
@@ -398,12 +466,12 @@ def _plan(
     args = command[1:] + args if command else args
     capabilities = (security.get("capabilities") or {}).get("drop", [])
     plan = ContainerPlan(
-        pod=name,
+        pod=name if serving else f"{name}-{container['name']}",
         name=container["name"],
         image=container["image"],
         entrypoint=entrypoint,
         args=args,
-        env=_resolve_env(container.get("env", []), by_kind, secret_values, meta, name),
+        env=env,
         user=f"{user}:{group}" if group is not None else str(user),
         group_add=[str(pod_security["fsGroup"])] if "fsGroup" in pod_security else [],
         read_only=bool(security.get("readOnlyRootFilesystem")),
@@ -415,6 +483,8 @@ def _plan(
         stop_timeout=int(spec.get("terminationGracePeriodSeconds", 30)),
         ports=ports,
         labels={"recsys.test/pod": name},
+        working_dir=container.get("workingDir"),
+        binds=binds,
     )
     pre_stop = ((container.get("lifecycle") or {}).get("preStop") or {}).get("exec")
     if pre_stop:

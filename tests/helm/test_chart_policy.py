@@ -323,7 +323,10 @@ def test_loadtest_job_targets_the_gateway(chart, helpers):
         == f"http://{helpers.release}-gateway.{helpers.namespace}.svc:3000"
     )
     assert args[args.index("--users") + 1] == "100"
-    assert env_of(container)["RECSYS_SLO_FILE"] == "/etc/recsys/slo.yaml"
+    assert env_of(container)["RECSYS_SLO_FILE"] == "/etc/recsys/slo.json"
+    slo_maps = [m for m in helpers.objects_of(objects, "ConfigMap") if "slo.json" in m["data"]]
+    slo_yaml = yaml.safe_load((helpers.repo_root / "slo.yaml").read_text())
+    assert json.loads(slo_maps[0]["data"]["slo.json"]) == slo_yaml  # the same numbers, as JSON
     (policy,) = [
         p for p in helpers.objects_of(objects, "NetworkPolicy") if component_of(p) == "gateway"
     ]

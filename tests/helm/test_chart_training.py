@@ -14,7 +14,7 @@ import yaml
 pytestmark = pytest.mark.helm
 
 ON = ("training.enabled=true",)
-RUN = (*ON, "training.canary=run", "training.modelStore.url=/models")
+RUN = (*ON, "training.canary=run", "modelStore.url=/model-store")
 EVERYTHING = (
     *RUN,
     "prometheusRule.enabled=true",

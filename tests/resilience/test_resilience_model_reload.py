@@ -17,20 +17,18 @@ from __future__ import annotations
 import time
 
 import pytest
-from resilience_support import (
-    ReadinessBalancer,
-    Topology,
+from resilience_support import ReadinessBalancer, report
+
+from loadtests.request_log import (
     dropped_calls,
     failures,
     in_window,
     latency_figures,
-    report,
     start_load,
-    stop_tree,
     timed_out,
-    wait_for,
 )
-
+from recsys.ops.polling import wait_for
+from recsys.ops.topology import Topology
 from recsys.stack import http_status
 
 pytestmark = [pytest.mark.serving, pytest.mark.loadtest, pytest.mark.timeout(600)]
@@ -88,7 +86,7 @@ def test_rolling_update_then_a_bad_version_under_load(
         time.sleep(2)  # both versions serve
         drain_at = time.time()
         left_in_flight = balancer.drain(old.url)
-        stop_tree(old)
+        old.stop()
         old_gone_at = time.time()
         balancer.remove(old.url)
         time.sleep(3)  # the new version alone
@@ -111,7 +109,7 @@ def test_rolling_update_then_a_bad_version_under_load(
         bad_logs = {tag: s.log() for tag, s in bad.items()}
         for server in bad.values():  # the rollout is aborted
             balancer.remove(server.url)
-            stop_tree(server)
+            server.stop()
         time.sleep(1)
     finally:
         load.stop()

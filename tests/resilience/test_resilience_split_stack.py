@@ -2,7 +2,7 @@
 
 Retrieval, Ranking and the gateway each run in their own process on 127.0.0.1, as in
 Kubernetes. Every figure comes from the answers callers received (one JSON line per request,
-written by locust_resilience.py) and from the services' own /metrics.
+written by loadtests/resilience_locustfile.py) and from the services' own /metrics.
 
 - Spike: load jumps far past what the gateway admits. Excess requests must get a fast 503 with
   Retry-After from the gateway, nothing else may fail, and the stages must not shed at all.
@@ -20,26 +20,22 @@ import time
 import urllib.request
 
 import pytest
-from resilience_support import (
-    Topology,
+from resilience_support import is_ready, metric_samples, metric_sum, report, scrape
+
+from loadtests.gate_checks import percentile_of
+from loadtests.request_log import (
     degraded_for,
     dropped_calls,
     failures,
     in_window,
-    is_ready,
     is_shed,
     latency_figures,
-    metric_samples,
-    metric_sum,
-    percentile,
-    report,
-    scrape,
     stage_reasons,
     start_load,
     timed_out,
-    wait_for,
 )
-
+from recsys.ops.polling import wait_for
+from recsys.ops.topology import Topology
 from recsys.serving import ServingSettings
 
 pytestmark = [pytest.mark.serving, pytest.mark.loadtest, pytest.mark.timeout(600)]
@@ -135,7 +131,9 @@ def test_spike_is_shed_at_the_gateway_with_retry_after(topology, known_users, tm
     # A shed answer does no work: typically it must come back faster than an answer that called
     # both stages (both wait alike for the gateway's event loop).
     full_path = [r["ms"] for r in admitted if not r.get("degraded")] or [r["ms"] for r in admitted]
-    assert percentile([r["ms"] for r in spike if is_shed(r)], 50) <= percentile(full_path, 50)
+    assert percentile_of([r["ms"] for r in spike if is_shed(r)], 0.5) <= percentile_of(
+        full_path, 0.5
+    )
 
     degraded = [r for r in spike if r.get("degraded")]
     report(

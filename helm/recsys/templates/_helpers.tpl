@@ -429,6 +429,11 @@ recsys.env: the container's environment for one track of one component.
 - name: RECSYS_RETRIEVAL_MODEL_TAG
   value: {{ $v.retrieval.modelTag | quote }}
 {{- end }}
+{{- if include "recsys.importTags" . }}
+# Models the init container imported from modelStore; searched before the image's own.
+- name: RECSYS_MODEL_DIR
+  value: /models
+{{- end }}
 {{- with $v.settings }}
 {{- if not (kindIs "invalid" .numCandidates) }}
 - name: RECSYS_NUM_CANDIDATES
@@ -586,6 +591,11 @@ dependencies come from BENTOML_SERVE_SERVICE_NAME / BENTOML_SERVE_DEPENDS.
   volumeMounts:
     - name: tmp
       mountPath: /tmp
+    {{- if include "recsys.importTags" . }}
+    - name: models
+      mountPath: /models
+      readOnly: true
+    {{- end }}
   {{- if not .kserve }}
   lifecycle:
     preStop:
@@ -594,6 +604,108 @@ dependencies come from BENTOML_SERVE_SERVICE_NAME / BENTOML_SERVE_DEPENDS.
         # BentoML's graceful shutdown.
         command: ["sleep", {{ $v.rollout.preStopSleepSeconds | quote }}]
   {{- end }}
+{{- end }}
+
+{{/*
+recsys.importTags: the model tags a pod of one track imports from modelStore at start,
+space-separated (empty when modelStore.url is unset or the pod's tags are the image's):
+retrieval its model, ranking its model, the gateway its in-process ranker and the retrieval
+model its fallback list ships with. `latest` is the image's own and is not imported.
+*/}}
+{{- define "recsys.importTags" -}}
+{{- $v := .root.Values }}
+{{- if $v.modelStore.url }}
+{{- $spec := include "recsys.trackSpec" . | fromYaml }}
+{{- $own := ternary "recsys-retrieval" "recsys-ranking" (eq .component "retrieval") }}
+{{- $wanted := list (list $own $spec.modelTag) }}
+{{- if eq .component "gateway" }}
+{{- $wanted = append $wanted (list "recsys-retrieval" $v.retrieval.modelTag) }}
+{{- end }}
+{{- $tags := list }}
+{{- range $wanted }}
+{{- $tag := index . 1 | default "" }}
+{{- if and $tag (not (contains ":" $tag)) }}
+{{- $tag = printf "%s:%s" (index . 0) $tag }}
+{{- end }}
+{{- if and $tag (not (hasSuffix ":latest" $tag)) (ne $tag "latest") }}
+{{- $tags = append $tags $tag }}
+{{- end }}
+{{- end }}
+{{- join " " ($tags | uniq) }}
+{{- end }}
+{{- end }}
+
+{{/*
+recsys.modelImport: the init container importing recsys.importTags from modelStore into the
+pod's `models` emptyDir (`recsys models import`: archives are checked against their manifests,
+nothing is unpickled). Same image, user and hardening as the serving container.
+*/}}
+{{- define "recsys.modelImport" -}}
+{{- $v := .root.Values }}
+{{- $spec := include "recsys.trackSpec" . | fromYaml -}}
+- name: import-models
+  image: {{ $spec.ref | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  # The Bento's source directory, where the `recsys` package is.
+  workingDir: /home/bentoml/bento/src
+  command: ["python", "-m", "recsys", "models", "import"]
+  args:
+    {{- range splitList " " (include "recsys.importTags" .) }}
+    - {{ . | quote }}
+    {{- end }}
+    - --from
+    - {{ $v.modelStore.url | quote }}
+    - --into
+    - /models
+  env:
+    - name: BENTOML_HOME
+      value: /tmp/bentoml
+    - name: HOME
+      value: /tmp
+    - name: BENTOML_DO_NOT_TRACK
+      value: "true"
+    - name: PYTHONDONTWRITEBYTECODE
+      value: "1"
+    {{- with $v.modelStore.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  resources:
+    requests:
+      cpu: 100m
+      memory: 256Mi
+    limits:
+      cpu: "1"
+      memory: 1Gi
+  securityContext:
+    {{- include "recsys.containerSecurityContext" .root | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    - name: models
+      mountPath: /models
+    {{- if $v.modelStore.claimName }}
+    - name: model-store
+      mountPath: {{ $v.modelStore.mountPath }}
+      readOnly: true
+    {{- end }}
+{{- end }}
+
+{{/*
+recsys.modelVolumes: the volumes recsys.modelImport needs (nothing without import tags).
+*/}}
+{{- define "recsys.modelVolumes" -}}
+{{- $v := .root.Values }}
+{{- if include "recsys.importTags" . -}}
+- name: models
+  emptyDir:
+    sizeLimit: {{ $v.modelStore.sizeLimit }}
+{{- with $v.modelStore.claimName }}
+- name: model-store
+  persistentVolumeClaim:
+    claimName: {{ . }}
+    readOnly: true
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from loadtests import load_shapes, request_mix
-from loadtests.load_shapes import Target, parse_duration, users_at
+from loadtests.load_shapes import Target, users_at
 
 
 def schedule(shape: str, users: int = 50, run_time: float = 100.0) -> list[Target | None]:
@@ -43,20 +43,6 @@ def test_shape_arguments_are_checked():
         users_at("ramp", 0, 1, 1, 1)
     with pytest.raises(ValueError, match="positive"):
         users_at("constant", 0, 0, 1, 1)
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("45", 45.0), ("45s", 45.0), ("5m", 300.0), ("1h30m", 5400.0), ("1m30s", 90.0), (60, 60.0)],
-)
-def test_parse_duration(text, seconds):
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "5x", "1m30", "m"])
-def test_parse_duration_rejects_nonsense(text):
-    with pytest.raises(ValueError, match="duration"):
-        parse_duration(text)
 
 
 def test_default_run_times_exist_for_every_shape():

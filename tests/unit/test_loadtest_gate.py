@@ -6,18 +6,16 @@ import json
 
 import pytest
 
-from loadtests import slo_gate
-from loadtests.slo_gate import (
-    EXIT_PASS,
-    EXIT_SLO_BREACH,
-    EndpointThresholds,
+from loadtests import gate_verdict
+from loadtests.gate_checks import (
     SustainedBreachDetector,
     Traffic,
-    decide_exit_code,
     evaluate,
     percentile,
     plan_min_rps_checks,
 )
+from loadtests.gate_thresholds import EndpointThresholds
+from loadtests.gate_verdict import EXIT_PASS, EXIT_SLO_BREACH, decide_exit_code
 
 RECOMMEND = EndpointThresholds(p95_ms=25, p99_ms=60, max_error_ratio=0.001, min_rps=150)
 SIMILAR = EndpointThresholds(p95_ms=20, p99_ms=50, max_error_ratio=0.001, min_rps=20)
@@ -206,11 +204,11 @@ def test_verdict_json_names_the_breach():
     seen = {**healthy(), "recommend": traffic({10: 500, 300: 500})}
     checks = evaluate(seen, THRESHOLDS, seconds=10.0, skip_min_rps={"recommend": "paced"})
     code = decide_exit_code(checks, aborted=False, request_errors=0)
-    verdict = slo_gate.build_verdict(
+    verdict = gate_verdict.build_verdict(
         checks, seen, 10.0, code, run={"shape": "constant"}, generator={"cpu_share_of_machine": 0.1}
     )
     assert json.loads(json.dumps(verdict)) == verdict  # plain JSON
-    assert verdict["schema"] == slo_gate.VERDICT_SCHEMA
+    assert verdict["schema"] == gate_verdict.VERDICT_SCHEMA
     assert verdict["passed"] is False and verdict["exit_code"] == 99
     assert verdict["outcome"] == "slo_breach" and verdict["aborted_early"] is False
     assert {(b["endpoint"], b["metric"]) for b in verdict["breaches"]} == {
@@ -231,16 +229,16 @@ def test_verdict_json_names_the_breach():
 def test_verdict_outcomes():
     ok = evaluate(healthy(), THRESHOLDS, 1.0)
     common = {"endpoints": healthy(), "measured_s": 1.0, "run": {}, "generator": {}}
-    assert slo_gate.build_verdict(ok, exit_code=0, **common)["outcome"] == "pass"
-    assert slo_gate.build_verdict(ok, exit_code=1, **common)["outcome"] == "request_errors"
-    aborted = slo_gate.build_verdict(ok, exit_code=99, abort={"at_s": 20}, **common)
+    assert gate_verdict.build_verdict(ok, exit_code=0, **common)["outcome"] == "pass"
+    assert gate_verdict.build_verdict(ok, exit_code=1, **common)["outcome"] == "request_errors"
+    aborted = gate_verdict.build_verdict(ok, exit_code=99, abort={"at_s": 20}, **common)
     assert aborted["outcome"] == "aborted_sustained_breach" and aborted["aborted_early"]
 
 
 def test_table_lists_every_check_with_its_result():
     seen = {**healthy(), "similar_items": traffic({45: 100})}
     checks = evaluate(seen, THRESHOLDS, seconds=1.0)
-    table = slo_gate.render_table(checks, decide_exit_code(checks, False, 0))
+    table = gate_verdict.render_table(checks, decide_exit_code(checks, False, 0))
     lines = table.splitlines()
     assert lines[0] == "SLO gate: FAIL (exit code 99)"
     assert len(lines) == 3 + len(checks)

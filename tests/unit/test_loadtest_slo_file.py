@@ -1,15 +1,15 @@
-"""The gate reads slo.yaml with the project's loader, or a standard-library fallback in the Job."""
+"""The gate reads slo.yaml with the project's loader, or in the Job the chart's JSON rendering."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from loadtests import slo_gate
-from loadtests.slo_gate import EndpointThresholds, SLOFileError, load_thresholds
+from loadtests.gate_thresholds import EndpointThresholds, SLOFileError, load_thresholds
 from recsys.slo import DEFAULT_SLO_FILE, load_slo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,22 +39,25 @@ def test_thresholds_are_the_project_slo_numbers():
         )
 
 
+def as_json(tmp_path: Path, source: Path) -> Path:
+    """The SLO file as the chart hands it to the Job: `include "recsys.slo" | fromYaml | toJson`."""
+    path = tmp_path / "slo.json"
+    path.write_text(json.dumps(yaml.safe_load(source.read_text())))
+    return path
+
+
 @pytest.mark.parametrize("path", [DEFAULT_SLO_FILE, CHART_SLO_FILE], ids=["repo", "chart"])
-def test_fallback_reads_the_same_numbers(path, without_project_or_yaml):
+def test_the_job_reads_the_same_numbers_from_json(tmp_path, path, without_project_or_yaml):
     if not path.exists():
         pytest.skip(f"{path} is not there")
-    # `yaml` here is the module imported at load time; the code under test cannot import it.
     expected = yaml.safe_load(path.read_text())["endpoints"]
-    assert load_thresholds(path) == {
+    assert load_thresholds(as_json(tmp_path, path)) == {
         name: EndpointThresholds(**values) for name, values in expected.items()
     }
 
 
-def test_block_mapping_parser_agrees_with_pyyaml_on_slo_files():
-    for path in (DEFAULT_SLO_FILE, CHART_SLO_FILE):
-        if path.exists():
-            text = path.read_text()
-            assert slo_gate.parse_block_mapping(text, str(path)) == yaml.safe_load(text)
+def test_the_project_loader_reads_the_json_rendering_too(tmp_path):
+    assert load_thresholds(as_json(tmp_path, DEFAULT_SLO_FILE)) == load_thresholds(DEFAULT_SLO_FILE)
 
 
 INVALID = [
@@ -99,27 +102,14 @@ def test_missing_slo_file(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (
-            "endpoints:\n  recommend:\n    p95_ms: 25\n",
-            "endpoints.recommend.p99_ms: Field required",
-        ),
-        (
-            "endpoints:\n  recommend:\n    p95_ms: 80\n    p99_ms: 60\n"
-            "    max_error_ratio: 0.001\n    min_rps: 1\n",
-            "p99_ms (60.0) must not be below p95_ms (80.0)",
-        ),
-        (
-            "endpoints:\n  recommend:\n    p95_ms: fast\n    p99_ms: 60\n"
-            "    max_error_ratio: 0.001\n    min_rps: 1\n",
-            "endpoints.recommend.p95_ms: must be a number",
-        ),
-        ("endpoints:\n  - recommend\n", "unsupported YAML"),
-        ("endpoints:\n  recommend:\n   p95_ms: 1\n  p99_ms: 2\n    x: 1\n", "indentation"),
-        ("endpoints:\n\trecommend: 1\n", "tabs"),
-        ("endpoints: 1\nendpoints: 2\n", "duplicate key"),
+        ("endpoints:\n  recommend: 1\n", "not JSON"),
+        ('{"endpoints": {"recommend": {"p95_ms": 25}}}', "needs p95_ms, p99_ms"),
+        ('{"endpoints": {"recommend": {"p95_ms": "fast", "p99_ms": 1}}}', "invalid SLO file"),
+        ('{"version": 1}', "endpoints"),
+        ("[1, 2]", "invalid SLO file"),
     ],
 )
-def test_fallback_rejects_invalid_files_clearly(tmp_path, without_project_or_yaml, text, message):
+def test_the_job_rejects_invalid_files_clearly(tmp_path, without_project_or_yaml, text, message):
     path = write(tmp_path, text)
     with pytest.raises(SLOFileError) as error:
         load_thresholds(path)
@@ -127,16 +117,6 @@ def test_fallback_rejects_invalid_files_clearly(tmp_path, without_project_or_yam
     assert message in str(error.value)
 
 
-def test_block_mapping_parser_scalars_and_comments():
-    text = (
-        "# header\nversion: 1  # inline\nname: 'a # not a comment'\nratio: 0.5\nflag: true\n"
-        "nothing:\nnested:\n  deeper:\n    value: -3\n  other: x\n"
-    )
-    assert slo_gate.parse_block_mapping(text) == {
-        "version": 1,
-        "name": "a # not a comment",
-        "ratio": 0.5,
-        "flag": True,
-        "nothing": None,
-        "nested": {"deeper": {"value": -3}, "other": "x"},
-    }
+def test_the_job_reports_a_missing_file(tmp_path, without_project_or_yaml):
+    with pytest.raises(SLOFileError, match="SLO file not found"):
+        load_thresholds(tmp_path / "slo.json")

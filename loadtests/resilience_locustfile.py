@@ -2,7 +2,7 @@
 """Locust traffic for the resilience scenarios and the soak: one JSON line per request.
 
 The scenario tests (tests/resilience/) and scripts/soak.py run this file as its own process
-(`python -m locust -f ... --headless`) and read the log afterwards, so every figure they report
+(loadtests.request_log.start_load) and read the log afterwards, so every figure they report
 (errors, degraded answers, latency during a fault, recovery time) comes from what callers saw.
 
 Settings, from the environment:
