@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsys.artifacts import RANKING_MODEL, load_ranker
 from recsys.batching import MicroBatcher
+from recsys.gateway import CandidateColumns as Columns
 from recsys.gateway import Ranked
 from recsys.serving import ItemId, UserId, rank_columns_many
 from recsys.tracing import hash_id, set_attributes
@@ -156,7 +157,7 @@ class LocalRanking:
     async def is_ready(self, timeout: float | None = None) -> bool:
         return self.ready
 
-    async def rank(self, user_id: str, candidates: dict[str, list]) -> Ranked:
+    async def rank(self, user_id: str, candidates: Columns) -> Ranked:
         return await self.service.answer_rank(user_id, candidates)
 
 
@@ -172,7 +173,7 @@ class RankingClient:
     async def is_ready(self, timeout: float | None = None) -> bool:
         return await self.http.is_ready(timeout)
 
-    async def rank(self, user_id: str, candidates: dict[str, list]) -> Ranked:
+    async def rank(self, user_id: str, candidates: Columns) -> Ranked:
         return await self.http.call("/rank", {"user_id": user_id, "candidates": candidates})
 
     async def close(self) -> None:
