@@ -109,7 +109,7 @@ class Retrieval(StageService):
         user_id: str,
         k: int = 200,
         exclude_items: list[str] | tuple[str, ...] = (),
-        exclude_seen: ExcludeSeen = True,
+        exclude_seen: bool = True,
     ) -> dict:
         model = self.loaded.get()
         columns = model.retrieve_columns(user_id, k, exclude_items, exclude_seen)
