@@ -91,23 +91,35 @@ def time_gateway_pipeline(retrieval, ranker, users, k, num_candidates, category_
     fallbacks: list[str] = []
     settings = ServingSettings(num_candidates=num_candidates, category_cap=category_cap)
 
-    async def retrieve(user_id: str, count: int, exclude: list[str]) -> dict:
-        candidates = retrieval.retrieve_columns(user_id, count, exclude)
-        return {"candidates": candidates, "model_version": "b"}
+    class InProcessStages:
+        """Retrieval and ranking for the pipeline (`RetrievalStage`, `RankingStage`): direct
+        calls, no HTTP. Timed with the remote stages' timeout wrapper, as this figure always
+        was (the gateway's in-process stages skip it)."""
 
-    async def rank(user_id: str, candidates: dict[str, list]) -> dict:
-        return {**rank_columns(ranker, user_id, candidates), "model_version": "b"}
+        in_process = False
 
-    async def similar(item_id: str, count: int) -> dict:
-        raise NotImplementedError
+        async def retrieve(self, user_id: str, count: int, exclude_items: list[str]) -> dict:
+            candidates = retrieval.retrieve_columns(user_id, count, exclude_items)
+            return {"candidates": candidates, "cold_start": False, "model_version": "b"}
 
+        async def similar_items(self, item_id: str, count: int) -> dict:
+            raise NotImplementedError
+
+        async def rank(self, user_id: str, candidates: dict[str, list]) -> dict:
+            return {**rank_columns(ranker, user_id, candidates), "model_version": "b"}
+
+    class Popular:
+        version = "b"
+
+        def get(self) -> list[dict]:
+            return retrieval.popular_list(500)
+
+    stages = InProcessStages()
     pipeline = RecommendPipeline(
         settings=settings,
-        retrieve=retrieve,
-        rank=rank,
-        similar=similar,
-        popular=lambda: retrieval.popular_list(500),
-        popular_version=lambda: "b",
+        retrieval=stages,
+        ranking=stages,
+        popular=Popular(),
         on_fallback=lambda stage, reason, exc: fallbacks.append(f"{stage}:{reason}:{exc!r}"),
     )
 

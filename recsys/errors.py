@@ -1,4 +1,13 @@
-"""Typed errors. Each maps to one clear message (CLI) or one HTTP status (services)."""
+"""Typed errors. Each maps to one clear message (CLI) or one HTTP status (services).
+
+`http_status` is the one error -> status mapping of every API: `services.common.respond`
+answers an error raised while serving with the status named here (and the error body every
+service uses); anything not named is a 500.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
 
 
 class RecsysError(Exception):
@@ -29,5 +38,20 @@ class StackNotReadyError(RecsysError):
     """A server of the local stack exited or never became ready; the message says which and why."""
 
 
-class InvalidRequest(RecsysError):
-    """A request is well formed JSON but asks for something impossible."""
+class ModelNotReady(RecsysError):
+    """The service's model is still loading, or failed to load: 503, retry later."""
+
+
+# The HTTP answer to each error a served request may raise on purpose. Looked up along the
+# error's class hierarchy, so a subclass gets its parent's status unless it has its own.
+HTTP_STATUS: dict[type[BaseException], HTTPStatus] = {
+    ModelNotReady: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+
+
+def http_status(exc: BaseException) -> HTTPStatus:
+    """The status an API answers `exc` with: from `HTTP_STATUS`, else 500."""
+    for kind in type(exc).__mro__:
+        if kind in HTTP_STATUS:
+            return HTTP_STATUS[kind]
+    return HTTPStatus.INTERNAL_SERVER_ERROR

@@ -1,6 +1,6 @@
 """The gateway's pipeline: retrieve -> rank -> diversify -> top k, with timeouts, fallbacks and
-circuit breakers. Framework-free: the BentoML gateway passes in how to reach each stage (remote
-calls in the split deployment, direct calls in the inline one).
+circuit breakers. Framework-free: the BentoML gateway (`services.recommender`) hands it one
+object per stage (`RetrievalStage`, `RankingStage`), in its process or over HTTP.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypedDict, TypeVar
 
 from recsys.serving import ServingSettings, fallback_reason, top_k_items
 from recsys.tracing import SpanKind, hash_id, mark_error, set_attributes, tracer
@@ -74,30 +74,89 @@ class CircuitBreaker:
             self._set(OPEN)
 
 
-# retrieve(user_id, k, exclude) -> {"candidates": columns, "model_version"}: columns as
-# `RetrievalModel.retrieve_columns` gives them (item_ids, scores, sources, categories, ...).
-RetrieveCall = Callable[[str, int, list[str]], Awaitable[dict]]
-# rank(user_id, columns) -> {"order", "scores", "model_version"} as `serving.rank_columns`.
-RankCall = Callable[[str, dict[str, list]], Awaitable[dict]]
-SimilarCall = Callable[[str, int], Awaitable[dict]]
+# ---- the stages as the pipeline sees them ----------------------------------------------------
+# Declared contracts: what each stage call returns. Plain dicts at run time (orjson bodies from a
+# remote stage, the stage's own dicts in process); the TypedDicts only name their keys.
+
+
+class CandidateColumns(TypedDict):
+    """Retrieved candidates as columns, one entry per candidate in retrieval order
+    (`RetrievalModel.retrieve_columns`); a ranker may read more columns than these."""
+
+    item_ids: list[str]
+    scores: list[float]
+    sources: list[str]
+    categories: list[str]
+
+
+class Retrieved(TypedDict):
+    candidates: CandidateColumns
+    cold_start: bool
+    model_version: str
+
+
+class Ranked(TypedDict):
+    """The ranker's verdict (`serving.rank_columns`): positions in the candidates, best first."""
+
+    order: list[int]
+    scores: list[float]
+    model_version: str
+
+
+class Similar(TypedDict):
+    items: list[dict]  # {"item_id", "score", "category"}
+    source: str  # "ann", or "popular" for an unknown item
+    model_version: str
+
+
+class RetrievalStage(Protocol):
+    """Retrieval as the pipeline calls it. Implemented by `services.retrieval.LocalRetrieval`
+    (in this process: `Retrieval.answer_*` called directly) and `services.retrieval.
+    RetrievalClient` (over HTTP: `POST /retrieve`, micro-batched as `/retrieve_batch`)."""
+
+    in_process: bool
+
+    async def retrieve(self, user_id: str, k: int, exclude_items: list[str]) -> Retrieved: ...
+
+    async def similar_items(self, item_id: str, k: int) -> Similar: ...
+
+
+class RankingStage(Protocol):
+    """Ranking as the pipeline calls it. Implemented by `services.ranking.LocalRanking` (in this
+    process) and `services.ranking.RankingClient` (over HTTP: `POST /rank`)."""
+
+    in_process: bool
+
+    async def rank(self, user_id: str, candidates: CandidateColumns) -> Ranked: ...
+
+
+class PopularityList(Protocol):
+    """The trending list shipped with the retrieval model (`serving.BackgroundModel`): the
+    candidates when retrieval fails."""
+
+    version: str
+
+    def get(self) -> list[dict]: ...
+
+
 FallbackHook = Callable[[str, str, BaseException], None]
+Answer = TypeVar("Answer")
+
+
+def _no_hook(stage: str, reason: str, exc: BaseException) -> None:
+    return None
 
 
 @dataclass
 class RecommendPipeline:
-    """The recommendation flow over two stages reached through the given callables."""
+    """retrieve -> rank -> diversify -> top k over two stages, wherever they run."""
 
     settings: ServingSettings
-    retrieve: RetrieveCall
-    rank: RankCall
-    similar: SimilarCall
-    popular: Callable[[], list[dict]]
-    popular_version: Callable[[], str]
-    on_fallback: FallbackHook
+    retrieval: RetrievalStage
+    ranking: RankingStage
+    popular: PopularityList
+    on_fallback: FallbackHook = _no_hook  # counts and logs each fallback (metrics)
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
-    # Stages running in this process: called directly, with no timeout (their work is
-    # synchronous and cannot be interrupted) and no retry (there is no connection to lose).
-    in_process: frozenset[str] = frozenset()
 
     def breaker(self, stage: str) -> CircuitBreaker:
         if stage not in self.breakers:
@@ -106,29 +165,41 @@ class RecommendPipeline:
             )
         return self.breakers[stage]
 
-    async def call(self, stage: str, span_name: str, make_request, timeout: float) -> Any:
-        """One stage call: breaker check, span, timeout; failures mark span and breaker."""
+    async def call(
+        self,
+        stage: str,
+        in_process: bool,
+        timeout: float,
+        request: Callable[..., Awaitable[Answer]],
+        *arguments: Any,
+    ) -> Answer:
+        """`await request(*arguments)`, one stage call: breaker check, span, timeout; failures
+        mark span and breaker. A stage in this process is called with no timeout (its work is
+        synchronous and cannot be interrupted) and no retry (no connection to lose)."""
         breaker = self.breaker(stage)
-        local = stage in self.in_process
-        kind = SpanKind.INTERNAL if local else SpanKind.CLIENT
+        kind = SpanKind.INTERNAL if in_process else SpanKind.CLIENT
+        span_name = f"{stage.capitalize()}.{request.__name__}"
         with tracer.start_as_current_span(span_name, kind=kind) as span:
             if not breaker.allow():
                 exc = CircuitOpenError(f"{stage} circuit is open")
                 mark_error(span, exc)
                 raise exc
 
-            async def attempt():
+            async def attempt() -> Answer:
                 try:
-                    return await make_request()
+                    return await request(*arguments)
                 except Exception as exc:
                     if fallback_reason(exc) != "unavailable":
                         raise
                     # The pooled connection was closed under us (the stage's keep-alive ended,
                     # or the client renewed its session): once more, on a fresh connection.
-                    return await make_request()
+                    return await request(*arguments)
 
             try:
-                result = await (make_request() if local else asyncio.wait_for(attempt(), timeout))
+                if in_process:
+                    result = await request(*arguments)
+                else:
+                    result = await asyncio.wait_for(attempt(), timeout)
             except Exception as exc:
                 breaker.record_failure()
                 mark_error(span, exc)
@@ -141,9 +212,9 @@ class RecommendPipeline:
         self.on_fallback(stage, reason, exc)
         degraded.append({"stage": stage, "reason": reason})
 
-    def popular_candidates(self, exclude: set[str], limit: int) -> dict[str, list]:
+    def popular_candidates(self, exclude: set[str], limit: int) -> CandidateColumns:
         """The first `limit` trending items not in `exclude`, as candidate columns."""
-        rows = [item for item in self.popular() if item["item_id"] not in exclude][:limit]
+        rows = [item for item in self.popular.get() if item["item_id"] not in exclude][:limit]
         return {
             "item_ids": [item["item_id"] for item in rows],
             "scores": [item["score"] for item in rows],
@@ -159,9 +230,12 @@ class RecommendPipeline:
         try:
             retrieved = await self.call(
                 "retrieval",
-                "Retrieval.retrieve",
-                lambda: self.retrieve(user_id, settings.num_candidates, exclude_items),
+                self.retrieval.in_process,
                 settings.retrieval_timeout_s,
+                self.retrieval.retrieve,
+                user_id,
+                settings.num_candidates,
+                exclude_items,
             )
             candidates = retrieved["candidates"]
             versions["retrieval"] = retrieved["model_version"]
@@ -170,13 +244,15 @@ class RecommendPipeline:
             with tracer.start_as_current_span("popularity_fallback") as span:
                 candidates = self.popular_candidates(set(exclude_items), settings.num_candidates)
                 set_attributes(span, candidates=len(candidates["item_ids"]))
-            versions["popularity"] = self.popular_version()
+            versions["popularity"] = self.popular.version
         try:
             ranked = await self.call(
                 "ranking",
-                "Ranking.rank",
-                lambda: self.rank(user_id, candidates),
+                self.ranking.in_process,
                 settings.ranking_timeout_s,
+                self.ranking.rank,
+                user_id,
+                candidates,
             )
             with tracer.start_as_current_span("rerank") as span:
                 items = top_k_items(
@@ -197,6 +273,7 @@ class RecommendPipeline:
             **{f"model_version.{stage}": version for stage, version in versions.items()},
         )
         return {
+            "user_id": user_id,
             "items": items,
             "model_versions": versions,
             "degraded": bool(degraded),
@@ -204,15 +281,24 @@ class RecommendPipeline:
             "track": settings.track,
         }
 
+    async def recommend_batch(self, user_ids: list[str], k: int, exclude_items: list[str]) -> dict:
+        """`recommend` for each user, concurrently (so their stage calls share batches)."""
+        results = await asyncio.gather(
+            *(self.recommend(user_id, k, exclude_items) for user_id in user_ids)
+        )
+        return {"results": results}
+
     async def similar_items(self, item_id: str, k: int) -> dict:
         """Similar items from retrieval; the trending list when retrieval fails."""
         degraded: list[dict] = []
         try:
             found = await self.call(
                 "retrieval",
-                "Retrieval.similar_items",
-                lambda: self.similar(item_id, k),
+                self.retrieval.in_process,
                 self.settings.retrieval_timeout_s,
+                self.retrieval.similar_items,
+                item_id,
+                k,
             )
             items = [{key: v for key, v in i.items() if key != "source"} for i in found["items"]]
             versions, source = {"retrieval": found["model_version"]}, found["source"]
@@ -225,7 +311,7 @@ class RecommendPipeline:
                     popular["item_ids"], popular["scores"], popular["categories"], strict=True
                 )
             ]
-            versions, source = {"popularity": self.popular_version()}, "popular"
+            versions, source = {"popularity": self.popular.version}, "popular"
         return {
             "item_id": item_id,
             "items": items,

@@ -15,6 +15,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, StringConstraints
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recsys.errors import ModelNotReady
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]*$"
 MAX_ID_LENGTH = 128
 
@@ -76,9 +78,6 @@ class ServingSettings(BaseSettings):
     trace_sample_rate: float = Field(
         0.0, ge=0, le=1, description="Share of requests traced (needs OTEL_EXPORTER_OTLP_ENDPOINT)."
     )
-    trace_hash_key: str = Field(
-        "", description="Secret key for hashing user ids in traces (random per process if empty)."
-    )
     stage_token: SecretStr = Field(
         SecretStr(""),
         description=(
@@ -96,9 +95,6 @@ class ServingSettings(BaseSettings):
     )
     access_log: bool = Field(True, description="Log one line per request (BentoML access log).")
     track: str = Field("stable", description="Deployment track reported in responses and metrics.")
-    inline: bool = Field(
-        False, description="Gateway runs both stages in its own process (single-node form)."
-    )
     # From measured capacity (docs/benchmark.md): one worker of the default form serves about
     # 440 req/s, so 32 requests in flight are ~70 ms of queue, about slo.yaml's p99 (60 ms):
     # past that, an admitted request would miss its objective anyway, so it is shed at once.
@@ -175,10 +171,6 @@ def top_k_items(
         }
         for rank in cap_categories(ranked_categories, k, cap)
     ]
-
-
-class ModelNotReady(RuntimeError):
-    """The service's model is still loading, or failed to load."""
 
 
 class BackgroundModel:

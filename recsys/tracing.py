@@ -26,6 +26,8 @@ from opentelemetry.trace import (
 
 tracer = trace.get_tracer("recsys")
 
+# RECSYS_TRACE_HASH_KEY: the HMAC key of user ids in spans (random per process when unset). Read
+# here, once per process, by the one function that hashes ids (`hash_id`).
 _HASH_KEY = (os.environ.get("RECSYS_TRACE_HASH_KEY") or secrets.token_hex(32)).encode()
 
 __all__ = ["SpanKind", "hash_id", "mark_error", "set_attributes", "tracer", "untraced"]

@@ -1,25 +1,32 @@
-"""Pieces every service shares: settings, metrics, request-size limit, error responses."""
+"""Pieces every service shares: settings, metrics, request-size limit, the way every API
+answers (`respond`: the answer, or the error mapped to its status), the error body."""
 
 from __future__ import annotations
 
 import hmac
 import inspect
-import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
 
+import attrs
 import bentoml
 import orjson
 from _bentoml_sdk.service.dependency import Dependency
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 from starlette.responses import Response
 
+from recsys.errors import http_status
 from recsys.model.health import ModelHealth
-from recsys.serving import BackgroundModel, ModelNotReady, ServingSettings, inject_faults
+from recsys.serving import BackgroundModel, ServingSettings, inject_faults
+from services.openapi import ServedContract, served_document
+from services.stage_client import StageClient
 
 SETTINGS = ServingSettings()
 logger = logging.getLogger("recsys.services")
@@ -232,15 +239,28 @@ REFUSED_MEDIA_TYPES = bentoml.metrics.Counter(
 )
 
 
-async def _refuse(send, status: int, message: str, headers: tuple = ()) -> None:
+def error_body(message: str, kind: str, loc: tuple = ()) -> dict:
+    """The body of every error answer (`Error` in `services.openapi`): the message, and one
+    detail item shaped like pydantic's validation errors, which BentoML answers for a 400."""
+    return {"error": message, "detail": [{"type": kind, "loc": list(loc), "msg": message}]}
+
+
+async def _refuse(
+    send, status: int, message: str, kind: str, loc: tuple = (), headers: tuple = ()
+) -> None:
+    body = orjson.dumps(error_body(message, kind, loc))
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), *headers],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
         }
     )
-    await send({"type": "http.response.body", "body": json.dumps({"error": message}).encode()})
+    await send({"type": "http.response.body", "body": body})
 
 
 class DataOnlyBodies:
@@ -291,7 +311,8 @@ class DataOnlyBodies:
         if scope["type"] == "http":
             refusal = self._refusal(scope)
             if refusal is not None:
-                await _refuse(send, 415, refusal)
+                loc = ("header", "content-type")
+                await _refuse(send, 415, refusal, "unsupported_media_type", loc)
                 return
         await self.app(scope, receive, send)
 
@@ -359,7 +380,14 @@ class StageTokenRequired:
             f"stage token {reason}: {self.component} answers only the gateway, which sends the "
             f"shared secret RECSYS_STAGE_TOKEN in the {STAGE_TOKEN_HEADER} header"
         )
-        await _refuse(send, 401, message, ((b"www-authenticate", b"RecsysStageToken"),))
+        await _refuse(
+            send,
+            401,
+            message,
+            f"stage_token_{reason}",
+            ("header", STAGE_TOKEN_HEADER),
+            ((b"www-authenticate", b"RecsysStageToken"),),
+        )
 
 
 class RequestSizeLimit:
@@ -384,7 +412,7 @@ class RequestSizeLimit:
         length = headers.get(b"content-length")
         if length is not None:
             if length.isdigit() and int(length) > self.max_bytes:
-                await _refuse(send, 413, self._too_large(int(length)))
+                await _refuse(send, 413, self._too_large(int(length)), "body_too_large", ("body",))
                 return
             await self.app(scope, receive, send)
             return
@@ -397,7 +425,8 @@ class RequestSizeLimit:
                 break
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await _refuse(send, 413, self._too_large(size) + " (at least)")
+                message = self._too_large(size) + " (at least)"
+                await _refuse(send, 413, message, "body_too_large", ("body",))
                 return
             if not message.get("more_body"):
                 break
@@ -435,7 +464,7 @@ class ConcurrencyLimit:
                 f"retry after {SETTINGS.retry_after_s} s"
             )
             retry_after = (b"retry-after", str(SETTINGS.retry_after_s).encode())
-            await _refuse(send, 503, message, (retry_after,))
+            await _refuse(send, 503, message, "overloaded", headers=(retry_after,))
             return
         self.in_flight += 1
         try:
@@ -496,8 +525,9 @@ class StageService:
     """A stage serving one model that loads in the background; ready after its self-test.
 
     Each API is a plain `answer_<api>` method (arguments in, dict out, ModelNotReady while the
-    model is not loaded) wrapped by a thin `@bentoml.api` method: the gateway calls the
-    `answer_` methods directly when the stage runs in its own process (`LocalStage`).
+    model is not loaded) wrapped by a thin `@bentoml.api` method that answers with `respond`:
+    the gateway calls the `answer_` methods directly when the stage runs in its process
+    (`LocalRetrieval`, `LocalRanking`).
     """
 
     component: str  # Retrieval / Ranking
@@ -522,48 +552,10 @@ class StageService:
             self.health.refresh(self.loaded.version)  # the age gauge moves with the probes
         return self.loaded.ready
 
-    async def respond(self, answer, **arguments) -> Response:
-        """An HTTP answer: the `answer_` method's dict as JSON, or 503 while not ready."""
-        try:
-            await inject_faults(SETTINGS)
-            return json_answer(await settled(answer(**arguments)))
-        except ModelNotReady as exc:
-            return unavailable(str(exc))
-
 
 async def settled(answer):
     """The value of an `answer_` method: returned as is, or awaited when it is a coroutine."""
     return await answer if inspect.isawaitable(answer) else answer
-
-
-class LocalStage:
-    """A stage running in the gateway's own process: its `answer_` methods called directly,
-    with no HTTP hop, serialisation or validation (the gateway validated the request). Same
-    calls as `StageClient`, so the pipeline does not know where a stage runs."""
-
-    def __init__(self, service: StageService) -> None:
-        self.service = service
-
-    @property
-    def ready(self) -> bool:
-        return self.service.model_ready()
-
-    async def is_ready(self, timeout: float | None = None) -> bool:
-        return self.ready
-
-    async def _call(self, answer, arguments: dict) -> dict:
-        # No fault injection here: the test-only faults are per process, and the gateway's API
-        # already applied this process's.
-        return await settled(answer(**arguments))
-
-    async def retrieve(self, **arguments) -> dict:
-        return await self._call(self.service.answer_retrieve, arguments)
-
-    async def similar_items(self, **arguments) -> dict:
-        return await self._call(self.service.answer_similar_items, arguments)
-
-    async def rank(self, **arguments) -> dict:
-        return await self._call(self.service.answer_rank, arguments)
 
 
 def json_answer(payload: dict, status: int = 200) -> Response:
@@ -578,46 +570,91 @@ def json_answer(payload: dict, status: int = 200) -> Response:
     )
 
 
-def unavailable(message: str) -> Response:
-    """503 with the error body every service uses: a model is still loading or failed to."""
-    return json_answer({"error": message}, status=503)
+async def respond(answer: Callable[..., dict | Awaitable[dict]], **arguments: Any) -> Response:
+    """How every API of every service answers: `answer(**arguments)` as JSON, or the error it
+    raised as the status `recsys.errors.http_status` names (the one error -> status mapping),
+    with the error body every service uses."""
+    try:
+        await inject_faults(SETTINGS)
+        return json_answer(await settled(answer(**arguments)))
+    except Exception as exc:
+        return error_answer(exc)
 
 
+def error_answer(exc: Exception) -> Response:
+    """The HTTP answer to an error raised while serving (see `respond`)."""
+    status = http_status(exc)
+    headers = {}
+    if status == HTTPStatus.SERVICE_UNAVAILABLE:
+        headers["retry-after"] = str(SETTINGS.retry_after_s)
+    if status >= 500 and status != HTTPStatus.SERVICE_UNAVAILABLE:
+        logger.exception("unexpected error while serving a request")
+        message, kind = "unexpected error; the server log has the details", "internal_error"
+    else:
+        message = str(exc)
+        kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+    return Response(
+        orjson.dumps(error_body(message, kind)),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+@attrs.define
 class StageDependency(Dependency):
     """`bentoml.depends` for a stage, reached with JSON and the stage token.
 
     Declaring the dependency is what makes `bentoml serve` start the stages and `--depends
-    Name=url` point at them. A remote stage is then called through `StageClient` (JSON, the
-    X-Recsys-Stage-Token header, trace context) instead of BentoML's proxy, which speaks pickle
-    by default and spends a third of the gateway's CPU on per-call schema work in JSON mode. A
-    dependency left out of `--depends` runs in this process (`LocalStage`), with no HTTP.
+    Name=url` point at them. A remote stage is then called through `remote(StageClient(url))`
+    (e.g. `RetrievalClient`: JSON, the X-Recsys-Stage-Token header, trace context) instead of
+    BentoML's proxy, which speaks pickle by default and spends a third of the gateway's CPU on
+    per-call schema work in JSON mode. A dependency left out of `--depends` runs in this
+    process, wrapped by `local(instance)` (e.g. `LocalRetrieval`), with no HTTP.
     """
+
+    local: Callable[[Any], Any] | None = None  # wraps the stage's instance in this process
+    remote: Callable[[StageClient], Any] | None = None  # wraps an HTTP client of the stage
 
     def get(self, *args, **kwargs):
         from bentoml._internal.configuration.containers import BentoMLContainer
-
-        from services.stage_client import StageClient
 
         if self._resolved is not None:
             return self._resolved
         url = BentoMLContainer.remote_runner_mapping.get().get(self.on.name)
         if url is None:
-            return LocalStage(super().get(*args, **kwargs))
-        return StageClient(self.on.name, url, {STAGE_TOKEN_HEADER: stage_token().decode()})
+            return self.local(super().get(*args, **kwargs))
+        token = {STAGE_TOKEN_HEADER: stage_token().decode()}
+        return self.remote(StageClient(self.on.name, url, token))
 
 
-def depends_on_stage(stage):
-    """The gateway's handle on a stage service (see StageDependency)."""
-    return StageDependency(on=stage)
+def depends_on_stage(stage, local: Callable[[Any], Any], remote: Callable[[StageClient], Any]):
+    """The gateway's handle on a stage service: `local(instance)` when the stage runs in this
+    process, `remote(StageClient(url))` when `--depends` names it (see StageDependency)."""
+    return StageDependency(on=stage, local=local, remote=remote)
 
 
-def protect(service, component: str, *, stage: bool, max_in_flight: int) -> None:
+def protect(
+    service,
+    component: str,
+    *,
+    stage: bool,
+    max_in_flight: int,
+    answers: dict[str, type[BaseModel]] | None = None,
+) -> None:
     """Add every service's ASGI middlewares, outermost first: refuse code-executing bodies (415),
     then (stages) calls without the stage token (401), then oversized bodies (413), then shed
-    load past `max_in_flight` (503). Each check runs before BentoML reads the body."""
+    load past `max_in_flight` (503). Each check runs before BentoML reads the body. Innermost,
+    `/docs.json` serves the contract as it is (`services.openapi`; `answers`: the declared
+    answer of each API, by name)."""
     ensure_stage_token()
     service.add_asgi_middleware(DataOnlyBodies, component=component)
     if stage:
         service.add_asgi_middleware(StageTokenRequired, component=component)
     service.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
     service.add_asgi_middleware(ConcurrencyLimit, limit=max_in_flight, component=component)
+
+    def document() -> dict:
+        return served_document(service.openapi_spec.asdict(), stage=stage, answers=answers)
+
+    service.add_asgi_middleware(ServedContract, build=document)

@@ -1,4 +1,8 @@
-"""Ranking service: XGBoost LambdaMART scores for retrieved candidates, one batch per request."""
+"""Ranking service: XGBoost LambdaMART scores for retrieved candidates, one batch per request.
+
+The gateway reaches it through `LocalRanking` (in its own process) or `RankingClient` (over
+HTTP), both at the end of this file: the pipeline's `RankingStage` (`recsys.gateway`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsys.batching import MicroBatcher
+from recsys.gateway import CandidateColumns as Columns
+from recsys.gateway import Ranked
 from recsys.model.artifacts import RANKING_MODEL, load_ranker
 from recsys.serving import ItemId, UserId, rank_columns_many
 from recsys.tracing import hash_id, set_attributes
@@ -19,8 +25,10 @@ from services.common import (
     StageService,
     packed_model,
     protect,
+    respond,
     service_config,
 )
+from services.stage_client import StageClient
 
 MAX_CANDIDATES = 2000
 
@@ -33,7 +41,7 @@ class CandidateColumns(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     item_ids: Annotated[list[ItemId], Field(max_length=MAX_CANDIDATES)]
-    scores: Annotated[list[float], Field(max_length=MAX_CANDIDATES)]
+    scores: Annotated[list[Annotated[float, Field(strict=True)]], Field(max_length=MAX_CANDIDATES)]
     sources: Annotated[list[Annotated[str, Field(max_length=32)]], Field(max_length=MAX_CANDIDATES)]
     categories: Annotated[
         list[Annotated[str, Field(max_length=128)]], Field(max_length=MAX_CANDIDATES)
@@ -57,6 +65,14 @@ class CandidateColumns(BaseModel):
         if not all(math.isfinite(score) for score in self.scores):
             raise ValueError("scores must be finite numbers")
         return self
+
+
+class RankOrder(BaseModel):
+    """The answer of `/rank`, as declared in /docs.json (encoded by json_answer)."""
+
+    order: list[int] = Field(description="Positions in `candidates`, best first.")
+    scores: list[float] = Field(description="The model's score of each, in `order`.")
+    model_version: str
 
 
 def check_ranker(ranker) -> None:
@@ -112,9 +128,53 @@ class Ranking(StageService):
     async def rank(self, user_id: UserId, candidates: CandidateColumns) -> dict:
         """The ranker's order of the candidates: `order` (positions in `candidates`, best
         first) and `scores`; items the model does not know are left out."""
-        return await self.respond(
-            self.answer_rank, user_id=user_id, candidates=candidates.model_dump()
-        )
+        return await respond(self.answer_rank, user_id=user_id, candidates=candidates.model_dump())
 
 
-protect(Ranking, "ranking", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)
+protect(
+    Ranking,
+    "ranking",
+    stage=True,
+    max_in_flight=SETTINGS.stage_max_in_flight,
+    answers={"rank": RankOrder},
+)
+
+
+# ---- how the gateway calls Ranking (recsys.gateway.RankingStage) ------------------------------
+class LocalRanking:
+    """Ranking in the gateway's process: `answer_rank` called directly (micro-batched there),
+    with no HTTP hop, serialisation or validation (the gateway's own candidates)."""
+
+    in_process = True
+
+    def __init__(self, service: Ranking) -> None:
+        self.service = service
+
+    @property
+    def ready(self) -> bool:
+        return self.service.model_ready()
+
+    async def is_ready(self, timeout: float | None = None) -> bool:
+        return self.ready
+
+    async def rank(self, user_id: str, candidates: Columns) -> Ranked:
+        return await self.service.answer_rank(user_id, candidates)
+
+
+class RankingClient:
+    """Ranking in its own process, over HTTP (`StageClient`): `POST /rank`; concurrent calls
+    are batched into one prediction by the stage itself."""
+
+    in_process = False
+
+    def __init__(self, http: StageClient) -> None:
+        self.http = http
+
+    async def is_ready(self, timeout: float | None = None) -> bool:
+        return await self.http.is_ready(timeout)
+
+    async def rank(self, user_id: str, candidates: Columns) -> Ranked:
+        return await self.http.call("/rank", {"user_id": user_id, "candidates": candidates})
+
+    async def close(self) -> None:
+        await self.http.close()

@@ -1,4 +1,8 @@
-"""Retrieval service: ScaNN candidates for known users, trending items for cold ones."""
+"""Retrieval service: ScaNN candidates for known users, trending items for cold ones.
+
+The gateway reaches it through `LocalRetrieval` (in its own process) or `RetrievalClient` (over
+HTTP), both at the end of this file: the pipeline's `RetrievalStage` (`recsys.gateway`).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,27 @@ from typing import Annotated
 import bentoml
 from pydantic import BaseModel, Field
 
+from recsys.batching import MicroBatcher
+from recsys.gateway import Retrieved, Similar
 from recsys.model.artifacts import RETRIEVAL_MODEL, load_retrieval
 from recsys.serving import ItemId, UserId
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
+    BATCH_SIZE,
     SETTINGS,
     StageService,
     packed_model,
     protect,
+    respond,
     service_config,
 )
+from services.stage_client import StageClient
 
 MAX_CANDIDATES = 2000
 MAX_BATCH_REQUESTS = 256
-CandidateCount = Annotated[int, Field(ge=1, le=MAX_CANDIDATES)]
+# Strict: JSON's types as the document states them (no "5" for 5, no 0 for false).
+CandidateCount = Annotated[int, Field(strict=True, ge=1, le=MAX_CANDIDATES)]
+ExcludeSeen = Annotated[bool, Field(strict=True, description="Leave out the user's own items.")]
 Exclusions = Annotated[list[ItemId], Field(max_length=SETTINGS.max_exclude_items)]
 
 
@@ -30,7 +41,47 @@ class RetrieveRequest(BaseModel):
     user_id: UserId
     k: CandidateCount = 200
     exclude_items: Exclusions = []
-    exclude_seen: bool = True
+    exclude_seen: ExcludeSeen = True
+
+
+# ---- the answers, as declared in /docs.json (services.openapi); encoded by json_answer ---------
+class Candidates(BaseModel):
+    """One entry per candidate in each column, in retrieval order."""
+
+    item_ids: list[str]
+    scores: list[float]
+    sources: list[str] = Field(description="ann (index search) or popular (cold start, fill).")
+    categories: list[str]
+
+
+class RetrievedCandidates(BaseModel):
+    candidates: Candidates
+    cold_start: bool
+    model_version: str
+
+
+class RetrievalBatch(BaseModel):
+    results: list[RetrievedCandidates] = Field(description="One answer per request, in order.")
+
+
+class NearItem(BaseModel):
+    item_id: str
+    score: float
+    category: str
+
+
+class NearItems(BaseModel):
+    items: list[NearItem]
+    source: str = Field(description="ann, or popular for an unknown item.")
+    reason: str = Field("", description="unknown_item when source is popular (else absent).")
+    model_version: str
+
+
+ANSWERS = {
+    "retrieve": RetrievedCandidates,
+    "retrieve_batch": RetrievalBatch,
+    "similar_items": NearItems,
+}
 
 
 def check_retrieval(model) -> None:
@@ -92,11 +143,11 @@ class Retrieval(StageService):
         user_id: UserId,
         k: CandidateCount = 200,
         exclude_items: Exclusions = [],  # noqa: B006
-        exclude_seen: bool = True,
+        exclude_seen: ExcludeSeen = True,
     ) -> dict:
         """Candidates for a user (unknown users allowed) as columns: `item_ids`, `scores`,
         `sources`, `categories`, one entry per candidate in retrieval order."""
-        return await self.respond(
+        return await respond(
             self.answer_retrieve,
             user_id=user_id,
             k=k,
@@ -114,7 +165,7 @@ class Retrieval(StageService):
         """`/retrieve` for several users in one call (the gateway's micro-batching):
         `{"results": [...]}`, one `/retrieve` answer per request, in order."""
         requests = [request.model_dump() for request in requests]
-        return await self.respond(self.answer_retrieve_batch, requests=requests)
+        return await respond(self.answer_retrieve_batch, requests=requests)
 
     def answer_similar_items(self, item_id: str, k: int = 10) -> dict:
         model = self.loaded.get()
@@ -132,10 +183,80 @@ class Retrieval(StageService):
     async def similar_items(
         self,
         item_id: ItemId,
-        k: Annotated[int, Field(ge=1, le=SETTINGS.max_k)] = 10,
+        k: Annotated[int, Field(strict=True, ge=1, le=SETTINGS.max_k)] = 10,
     ) -> dict:
         """Items nearest to `item_id` by embedding cosine; trending items for unknown items."""
-        return await self.respond(self.answer_similar_items, item_id=item_id, k=k)
+        return await respond(self.answer_similar_items, item_id=item_id, k=k)
 
 
-protect(Retrieval, "retrieval", stage=True, max_in_flight=SETTINGS.stage_max_in_flight)
+protect(
+    Retrieval,
+    "retrieval",
+    stage=True,
+    max_in_flight=SETTINGS.stage_max_in_flight,
+    answers=ANSWERS,
+)
+
+
+# ---- how the gateway calls Retrieval (recsys.gateway.RetrievalStage) --------------------------
+class LocalRetrieval:
+    """Retrieval in the gateway's process: its `answer_` methods called directly, with no HTTP
+    hop, serialisation or validation (the gateway validated the request). No fault injection
+    either: the test-only faults are per process, and the gateway's API applied its own."""
+
+    in_process = True
+
+    def __init__(self, service: Retrieval) -> None:
+        self.service = service
+
+    @property
+    def ready(self) -> bool:
+        return self.service.model_ready()
+
+    async def is_ready(self, timeout: float | None = None) -> bool:
+        return self.ready
+
+    async def retrieve(self, user_id: str, k: int, exclude_items: list[str]) -> Retrieved:
+        return self.service.answer_retrieve(user_id, k, exclude_items=exclude_items)
+
+    async def similar_items(self, item_id: str, k: int) -> Similar:
+        return self.service.answer_similar_items(item_id, k)
+
+
+class RetrievalClient:
+    """Retrieval in its own process, over HTTP (`StageClient`: JSON, stage token, trace
+    context): `POST /retrieve`, or with micro-batching on (`RECSYS_BATCHING`) one
+    `POST /retrieve_batch` for the requests waiting together, and `POST /similar_items`."""
+
+    in_process = False
+
+    def __init__(self, http: StageClient) -> None:
+        self.http = http
+        self.batcher = (
+            MicroBatcher(
+                self.retrieve_batch,
+                SETTINGS.batch_max,
+                SETTINGS.batch_wait_ms / 1000,
+                on_batch=BATCH_SIZE.labels("retrieval").observe,
+            )
+            if SETTINGS.batching
+            else None
+        )
+
+    async def is_ready(self, timeout: float | None = None) -> bool:
+        return await self.http.is_ready(timeout)
+
+    async def retrieve(self, user_id: str, k: int, exclude_items: list[str]) -> Retrieved:
+        request = {"user_id": user_id, "k": k, "exclude_items": exclude_items}
+        if self.batcher is None:
+            return await self.http.call("/retrieve", request)
+        return await self.batcher.submit(request)
+
+    async def retrieve_batch(self, requests: list[dict]) -> list[Retrieved]:
+        return (await self.http.call("/retrieve_batch", {"requests": requests}))["results"]
+
+    async def similar_items(self, item_id: str, k: int) -> Similar:
+        return await self.http.call("/similar_items", {"item_id": item_id, "k": k})
+
+    async def close(self) -> None:
+        await self.http.close()

@@ -29,11 +29,12 @@ class StageError(Exception):
 
 
 class StageClient:
-    """Calls one stage's APIs by name: `await client.retrieve(user_id=..., k=...)`.
+    """POSTs JSON to one stage: `await client.call("/retrieve", {...})`. The typed clients of
+    each stage (`services.retrieval.RetrievalClient`, `services.ranking.RankingClient`) name
+    the routes and their arguments.
 
     One connection pool per process, kept for the process's life: no periodic session renewal
-    that would close calls in flight. `to_async` is the client itself, so the gateway calls a
-    remote stage and an in-process one (BentoML's `to_async`) the same way.
+    that would close calls in flight.
     """
 
     def __init__(self, name: str, url: str, headers: dict[str, str], timeout_s: float = 30.0):
@@ -49,10 +50,6 @@ class StageClient:
         else:
             self.base_url = url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def to_async(self) -> StageClient:
-        return self
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -81,18 +78,6 @@ class StageClient:
                 message = body[:200].decode(errors="replace")
             raise StageError(self.name, response.status, message)
         return orjson.loads(body)
-
-    async def retrieve(self, **arguments: Any) -> dict:
-        return await self.call("/retrieve", arguments)
-
-    async def retrieve_batch(self, **arguments: Any) -> dict:
-        return await self.call("/retrieve_batch", arguments)
-
-    async def rank(self, **arguments: Any) -> dict:
-        return await self.call("/rank", arguments)
-
-    async def similar_items(self, **arguments: Any) -> dict:
-        return await self.call("/similar_items", arguments)
 
     async def is_ready(self, timeout: float | None = None) -> bool:
         try:

@@ -69,6 +69,32 @@ def test_candidate_rows_and_columns_are_inverse():
     assert candidate_rows(columns(CANDIDATES)) == CANDIDATES
 
 
+class FakeStages:
+    """Retrieval and ranking as the pipeline calls them (`RetrievalStage`, `RankingStage`),
+    answering with the given coroutine functions, as a remote stage would (timeouts apply)."""
+
+    in_process = False
+
+    def __init__(self, retrieve, rank, similar) -> None:
+        self._retrieve, self._rank, self._similar = retrieve, rank, similar
+
+    async def retrieve(self, user_id: str, k: int, exclude_items: list[str]) -> dict:
+        return await self._retrieve(user_id, k, exclude_items)
+
+    async def similar_items(self, item_id: str, k: int) -> dict:
+        return await self._similar(item_id, k)
+
+    async def rank(self, user_id: str, candidates: dict[str, list]) -> dict:
+        return await self._rank(user_id, candidates)
+
+
+class FakePopular:
+    version = "r:1"
+
+    def get(self) -> list[dict]:
+        return POPULAR
+
+
 def _pipeline(retrieve=None, rank=None, similar=None, **settings) -> tuple:
     fallbacks: list[tuple[str, str]] = []
 
@@ -89,13 +115,12 @@ def _pipeline(retrieve=None, rank=None, similar=None, **settings) -> tuple:
     async def ok_similar(item_id, k):
         return {"items": CANDIDATES[:k], "source": "ann", "model_version": "r:1"}
 
+    calls = (retrieve or ok_retrieve, rank or ok_rank, similar or ok_similar)
     pipeline = RecommendPipeline(
         settings=ServingSettings(category_cap=0, num_candidates=20, **settings),
-        retrieve=retrieve or ok_retrieve,
-        rank=rank or ok_rank,
-        similar=similar or ok_similar,
-        popular=lambda: POPULAR,
-        popular_version=lambda: "r:1",
+        retrieval=FakeStages(*calls),
+        ranking=FakeStages(*calls),
+        popular=FakePopular(),
         on_fallback=lambda stage, reason, exc: fallbacks.append((stage, reason)),
     )
     return pipeline, fallbacks
@@ -226,9 +251,8 @@ def test_settings_reject_bad_values(name, value, monkeypatch):
 def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("RECSYS_NUM_CANDIDATES", "300")
     monkeypatch.setenv("RECSYS_CATEGORY_CAP", "0")
-    monkeypatch.setenv("RECSYS_INLINE", "true")
     settings = ServingSettings()
-    assert (settings.num_candidates, settings.category_cap, settings.inline) == (300, 0, True)
+    assert (settings.num_candidates, settings.category_cap) == (300, 0)
     monkeypatch.setenv("RECSYS_MAX_K", "not-a-number")
     from pydantic import ValidationError
 
@@ -277,7 +301,59 @@ def test_in_process_stage_has_no_timeout_and_no_retry():
         raise ConnectionError("not a connection: in-process failures are not retried")
 
     pipeline, fallbacks = _pipeline(rank=slow_local_rank, ranking_timeout_s=0.01)
-    pipeline.in_process = frozenset({"ranking"})
+    pipeline.ranking.in_process = True
     answer = asyncio.run(pipeline.recommend("u1", 3, []))
     assert calls == 1 and fallbacks == [("ranking", "unavailable")]
     assert [i["item_id"] for i in answer["items"]] == ["i0", "i1", "i2"]
+
+
+def test_recommend_batch_answers_each_user_in_order():
+    pipeline, _ = _pipeline()
+    answer = asyncio.run(pipeline.recommend_batch(["u2", "u1"], 2, []))
+    assert [r["user_id"] for r in answer["results"]] == ["u2", "u1"]
+    assert all(len(r["items"]) == 2 and not r["degraded"] for r in answer["results"])
+
+
+def test_one_error_to_status_mapping():
+    from recsys.errors import ModelNotReady, http_status
+    from recsys.serving import InjectedFault
+
+    class StillLoading(ModelNotReady):
+        pass
+
+    assert http_status(ModelNotReady("loading")) == 503
+    assert http_status(StillLoading("loading")) == 503  # a subclass takes its parent's status
+    assert http_status(InjectedFault("boom")) == 500
+    assert http_status(KeyError("bug")) == 500
+
+
+def test_every_api_answers_errors_with_the_one_body():
+    from recsys.errors import ModelNotReady
+    from services.common import respond
+
+    async def not_ready(**arguments):
+        raise ModelNotReady("retrieval model is not ready: still loading")
+
+    async def broken(**arguments):
+        raise KeyError("a bug")
+
+    async def fine(user_id: str) -> dict:
+        return {"user_id": user_id}
+
+    unavailable = asyncio.run(respond(not_ready, user_id="u1"))
+    assert unavailable.status_code == 503 and unavailable.headers["retry-after"] == "1"
+    assert json.loads(unavailable.body) == {
+        "error": "retrieval model is not ready: still loading",
+        "detail": [
+            {
+                "type": "model_not_ready",
+                "loc": [],
+                "msg": "retrieval model is not ready: still loading",
+            }
+        ],
+    }
+    failed = asyncio.run(respond(broken))
+    assert failed.status_code == 500 and "a bug" not in failed.body.decode()  # nothing leaks
+    assert set(json.loads(failed.body)) == {"error", "detail"}
+    answered = asyncio.run(respond(fine, user_id="u1"))
+    assert answered.status_code == 200 and json.loads(answered.body) == {"user_id": "u1"}

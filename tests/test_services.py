@@ -109,7 +109,10 @@ BAD_REQUESTS = [
     ("/recommend", {"user_id": "u1", "k": 0}, 400, "k", "greater than or equal to 1"),
     ("/recommend", {"user_id": "u1", "k": 101}, 400, "k", "less than or equal to 100"),
     ("/recommend", {"user_id": "u1", "k": "ten"}, 400, "k", "valid integer"),
-    ("/recommend", {"user_id": "u1", "k": 2.5}, 400, "k", "fractional part"),
+    ("/recommend", {"user_id": "u1", "k": 2.5}, 400, "k", "valid integer"),
+    # Strict types, as the OpenAPI document states them: a numeric string is not an integer.
+    ("/recommend", {"user_id": "u1", "k": "10"}, 400, "k", "valid integer"),
+    ("/recommend", {"user_id": "u1", "k": True}, 400, "k", "valid integer"),
     ("/recommend", {"k": 5}, 400, "user_id", "Field required"),
     ("/recommend", {"user_id": ""}, 400, "user_id", "at least 1 character"),
     ("/recommend", {"user_id": "bad id!"}, 400, "user_id", "should match pattern"),
@@ -314,6 +317,9 @@ def test_readiness_waits_for_the_model(saved_tags, bentoml_home):
             timeout=10,
         )
         assert response.status_code == 503 and "still loading" in response.json()["error"]
+        # As /docs.json declares it: the one error body, and when to come back.
+        assert response.json()["detail"][0]["type"] == "model_not_ready"
+        assert int(response.headers["retry-after"]) >= 1
         server.wait_ready(60)
     finally:
         server.stop()
