@@ -1,5 +1,5 @@
 """`python -m recsys` runs the CLI."""
 
-from recsys.cli.main.main import main
+from recsys.cli.main import main
 
 main()

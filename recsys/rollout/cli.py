@@ -2,7 +2,7 @@
 
 Only typer is imported here; each command imports what it needs, so `recsys --help` stays fast.
 Exit codes: 0 pass / done, 1 fail (analysis or preflight) or rolled back, 2 error (one line,
-from recsys.cli.main.main.main), 3 inconclusive (or held for lack of evidence).
+from recsys.cli.main.main), 3 inconclusive (or held for lack of evidence).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def test_cronjob_arguments_reach_the_job_cli(chart, helpers):
     """Every flag the chart passes is one `recsys retrain` accepts (typer parses them here)."""
     from typer.testing import CliRunner
 
-    from recsys.cli.main.main import app
+    from recsys.cli.main import app
 
     (cron,) = helpers.objects_of(chart.render((), RUN), "CronJob")
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]

@@ -40,7 +40,7 @@ def test_thresholds_are_the_project_slo_numbers():
 
 
 def as_json(tmp_path: Path, source: Path) -> Path:
-    """The SLO file as the chart hands it to the Job: `include "recsys.ops.slo" | fromYaml | toJson`."""
+    """The SLO file as the chart hands it to the Job: `include "recsys.slo" | fromYaml | toJson`."""
     path = tmp_path / "slo.json"
     path.write_text(json.dumps(yaml.safe_load(source.read_text())))
     return path
