@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.stats import summarize_ms
-from recsys.model.ranking import candidate_features
-from recsys.serving import ServingSettings, rank_columns, top_k_items
+from recsys.model.ranking import candidate_features, rank_columns
+from recsys.serving.reranking import top_k_items
+from recsys.serving.settings import ServingSettings
 
 WARMUP_REQUESTS = 50
 PROFILE_TOP = 15
@@ -86,7 +87,7 @@ def time_kernels(retrieval, ranker, users, num_candidates) -> dict:
 
 def time_gateway_pipeline(retrieval, ranker, users, k, num_candidates, category_cap) -> dict:
     """Milliseconds of `RecommendPipeline.recommend` with in-process stages (no HTTP)."""
-    from recsys.gateway import RecommendPipeline
+    from recsys.serving.pipeline import RecommendPipeline
 
     fallbacks: list[str] = []
     settings = ServingSettings(num_candidates=num_candidates, category_cap=category_cap)

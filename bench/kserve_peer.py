@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         options.category_cap,
     )
     model.load()
-    if not options.no_gc_freeze:  # as recsys.serving.BackgroundModel does after loading
+    if not options.no_gc_freeze:  # as recsys.serving.models.BackgroundModel does after loading
         gc.collect()
         gc.freeze()
     server = kserve.ModelServer(

@@ -10,7 +10,7 @@ The BentoML forms are started by `recsys.ops.stack.start_stack`, as the image ru
 (`start-http-server`). A `-wN` suffix runs N workers per service (e.g. `single-w2`), `-nobatch`
 turns the micro-batching off (e.g. `default-nobatch`). All of
 them load the same stored models, freeze the garbage collector's heap after loading them (the
-services do it in `recsys.serving.BackgroundModel`, the peer in its own `load`), log no line
+services do it in `recsys.serving.models.BackgroundModel`, the peer in its own `load`), log no line
 per request and shed no load (RECSYS_*_MAX_IN_FLIGHT=0), so capacity is limited by the work,
 not by a limit.
 """

@@ -200,7 +200,7 @@ class CPUAccount:
 def write_known_users(directory: Path) -> str:
     """The stored retrieval model's user ids, one per line (imports the project's model code)."""
     from recsys.model.artifacts import load_retrieval
-    from recsys.serving import ServingSettings
+    from recsys.serving.settings import ServingSettings
 
     model, tag = load_retrieval(ServingSettings().retrieval_model_tag)
     path = directory / "known-users.txt"

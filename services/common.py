@@ -24,7 +24,9 @@ from starlette.responses import Response
 
 from recsys.errors import http_status
 from recsys.model.health import ModelHealth
-from recsys.serving import BackgroundModel, ServingSettings, inject_faults
+from recsys.serving.faults import inject_faults
+from recsys.serving.models import BackgroundModel
+from recsys.serving.settings import ServingSettings
 from services.openapi import ServedContract, served_document
 from services.stage_client import StageClient
 

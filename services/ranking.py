@@ -1,7 +1,7 @@
 """Ranking service: XGBoost LambdaMART scores for retrieved candidates, one batch per request.
 
 The gateway reaches it through `LocalRanking` (in its own process) or `RankingClient` (over
-HTTP), both at the end of this file: the pipeline's `RankingStage` (`recsys.gateway`).
+HTTP), both at the end of this file: the pipeline's `RankingStage` (`recsys.serving.pipeline`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from recsys.batching import MicroBatcher
-from recsys.gateway import CandidateColumns as Columns
-from recsys.gateway import Ranked
 from recsys.model.artifacts import RANKING_MODEL, load_ranker
-from recsys.serving import ItemId, UserId, rank_columns_many
+from recsys.model.ranking import rank_columns_many
+from recsys.serving.batching import MicroBatcher
+from recsys.serving.pipeline import CandidateColumns as Columns
+from recsys.serving.pipeline import Ranked
+from recsys.serving.settings import ItemId, UserId
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
     BATCH_SIZE,
@@ -140,7 +141,7 @@ protect(
 )
 
 
-# ---- how the gateway calls Ranking (recsys.gateway.RankingStage) ------------------------------
+# ---- how the gateway calls Ranking (recsys.serving.pipeline.RankingStage) ------------------------
 class LocalRanking:
     """Ranking in the gateway's process: `answer_rank` called directly (micro-batched there),
     with no HTTP hop, serialisation or validation (the gateway's own candidates)."""

@@ -1,8 +1,8 @@
 """Recommender gateway: the public API over the Retrieval and Ranking stages.
 
 A `recommend` request, top to bottom, in four files: `Recommender.recommend` (here) ->
-`RecommendPipeline.recommend` (`recsys/gateway.py`: retrieve -> rank -> category cap -> top k,
-with timeouts, breakers and fallbacks) -> `self.retrieval.retrieve` and `self.ranking.rank`,
+`RecommendPipeline.recommend` (`recsys/serving/pipeline.py`: retrieve -> rank -> category cap ->
+top k, with timeouts, breakers and fallbacks) -> `self.retrieval.retrieve` and `self.ranking.rank`,
 whose two implementations each sit at the end of the stage's own file: `LocalRetrieval` /
 `RetrievalClient` (`services/retrieval.py`) and `LocalRanking` / `RankingClient`
 (`services/ranking.py`). Every API answers through `services.common.respond` (orjson body, or
@@ -26,10 +26,11 @@ from typing import Annotated
 import bentoml
 from pydantic import BaseModel, Field
 
-from recsys.gateway import CircuitBreaker, RecommendPipeline
 from recsys.model.artifacts import RETRIEVAL_MODEL, model_path
 from recsys.model.retrieval import POPULAR_FILE
-from recsys.serving import BackgroundModel, ItemId, UserId
+from recsys.serving.models import BackgroundModel
+from recsys.serving.pipeline import CircuitBreaker, RecommendPipeline
+from recsys.serving.settings import ItemId, UserId
 from services.common import (
     CIRCUIT_STATE,
     FALLBACKS,
@@ -46,7 +47,7 @@ from services.common import (
 from services.ranking import LocalRanking, Ranking, RankingClient
 from services.retrieval import LocalRetrieval, Retrieval, RetrievalClient
 
-logger = logging.getLogger("recsys.gateway")
+logger = logging.getLogger("recsys.serving.pipeline")
 # Strict: JSON's types as the document states them (`"10"` is not an integer).
 K = Annotated[
     int, Field(strict=True, ge=1, le=SETTINGS.max_k, description="How many items to return.")

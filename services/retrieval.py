@@ -1,7 +1,7 @@
 """Retrieval service: ScaNN candidates for known users, trending items for cold ones.
 
 The gateway reaches it through `LocalRetrieval` (in its own process) or `RetrievalClient` (over
-HTTP), both at the end of this file: the pipeline's `RetrievalStage` (`recsys.gateway`).
+HTTP), both at the end of this file: the pipeline's `RetrievalStage` (`recsys.serving.pipeline`).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Annotated
 import bentoml
 from pydantic import BaseModel, Field
 
-from recsys.batching import MicroBatcher
-from recsys.gateway import Retrieved, Similar
 from recsys.model.artifacts import RETRIEVAL_MODEL, load_retrieval
-from recsys.serving import ItemId, UserId
+from recsys.serving.batching import MicroBatcher
+from recsys.serving.pipeline import Retrieved, Similar
+from recsys.serving.settings import ItemId, UserId
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
     BATCH_SIZE,
@@ -198,7 +198,7 @@ protect(
 )
 
 
-# ---- how the gateway calls Retrieval (recsys.gateway.RetrievalStage) --------------------------
+# ---- how the gateway calls Retrieval (recsys.serving.pipeline.RetrievalStage) --------------------
 class LocalRetrieval:
     """Retrieval in the gateway's process: its `answer_` methods called directly, with no HTTP
     hop, serialisation or validation (the gateway validated the request). No fault injection

@@ -7,9 +7,17 @@ import json
 
 import pytest
 
-from recsys.gateway import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RecommendPipeline
 from recsys.model.retrieval import candidate_rows
-from recsys.serving import ServingSettings, cap_categories, fallback_reason
+from recsys.serving.pipeline import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    CircuitBreaker,
+    RecommendPipeline,
+    fallback_reason,
+)
+from recsys.serving.reranking import cap_categories
+from recsys.serving.settings import ServingSettings
 
 
 class FakeClock:
@@ -316,7 +324,7 @@ def test_recommend_batch_answers_each_user_in_order():
 
 def test_one_error_to_status_mapping():
     from recsys.errors import ModelNotReady, http_status
-    from recsys.serving import InjectedFault
+    from recsys.serving.faults import InjectedFault
 
     class StillLoading(ModelNotReady):
         pass

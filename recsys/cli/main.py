@@ -290,7 +290,7 @@ def serve(
     from recsys.errors import ModelMissingError, StackNotReadyError
     from recsys.model.artifacts import RANKING_MODEL, RETRIEVAL_MODEL, model_path
     from recsys.ops.stack import start_stack
-    from recsys.serving import ServingSettings
+    from recsys.serving.settings import ServingSettings
 
     settings = ServingSettings()
     try:

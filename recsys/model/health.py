@@ -168,7 +168,7 @@ def build_snapshot(
         seed: sampling seed.
     """
     from recsys.model.data import schema
-    from recsys.serving import rank_columns
+    from recsys.model.ranking import rank_columns
 
     timestamps = events[schema.TIMESTAMP]
     valid = timestamps.notna()

@@ -238,3 +238,21 @@ class Ranker:
             config=RankerConfig(**meta["config"]),
             info=meta["info"],
         )
+
+
+def rank_columns(ranker, user_id: str, candidates: dict[str, list]) -> dict[str, list]:
+    """The ranker's verdict on candidate columns: `order` (positions in `candidates`, best
+    first) and their `scores`. Items the ranker does not know are left out."""
+    return rank_columns_many(ranker, [(user_id, candidates)])[0]
+
+
+def rank_columns_many(ranker, requests: list[tuple[str, dict[str, list]]]) -> list[dict]:
+    """`rank_columns` for several requests with one model prediction."""
+    import numpy as np
+
+    verdicts = []
+    for scores in ranker.score_columns_many(requests):
+        order = np.argsort(-scores, kind="stable")
+        order = order[np.isfinite(scores[order])]
+        verdicts.append({"order": order.tolist(), "scores": scores[order].tolist()})
+    return verdicts

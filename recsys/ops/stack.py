@@ -41,7 +41,7 @@ FORMS: dict[str, tuple[str, ...]] = {
     "single": (),
 }
 DEFAULT_FORM = "default"
-# What `recsys.serving.BackgroundModel` logs when a model cannot be loaded.
+# What `recsys.serving.models.BackgroundModel` logs when a model cannot be loaded.
 _LOAD_FAILURE = re.compile(r"(?P<stage>\w+) model failed to load, staying unready: (?P<error>.*)")
 
 

@@ -38,7 +38,7 @@ import httpx
 import pytest
 
 from recsys.ops.stack import ServerProcess, free_port, stage_token, start_all, start_service
-from recsys.serving import ServingSettings
+from recsys.serving.settings import ServingSettings
 from tests.stage_calls import VALID_CALLS
 
 pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]

@@ -36,7 +36,7 @@ from loadtests.request_log import (
 )
 from recsys.ops.polling import wait_for
 from recsys.ops.topology import Topology
-from recsys.serving import ServingSettings
+from recsys.serving.settings import ServingSettings
 
 pytestmark = [pytest.mark.serving, pytest.mark.loadtest, pytest.mark.timeout(600)]
 

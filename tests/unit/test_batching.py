@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from recsys.batching import MicroBatcher
+from recsys.serving.batching import MicroBatcher
 
 
 def test_calls_made_together_share_one_batch_in_order():
@@ -83,7 +83,7 @@ def test_bad_settings_are_refused(size, wait):
 
 
 def test_batched_ranking_equals_one_request_at_a_time(tiny_result):
-    from recsys.serving import rank_columns, rank_columns_many
+    from recsys.model.ranking import rank_columns, rank_columns_many
 
     retrieval, ranker = tiny_result.retrieval, tiny_result.ranker
     users = [str(u) for u in retrieval.users.ids[:6]] + ["nobody-knows-this-user"]

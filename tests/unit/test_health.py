@@ -72,7 +72,7 @@ def _monitor(snapshot, window=50):
 
 
 def _replay(monitor, model, ranker, users, top_k):
-    from recsys.serving import rank_columns
+    from recsys.model.ranking import rank_columns
 
     for user in users:
         columns = model.retrieve_columns(user, 100)

@@ -8,7 +8,7 @@ same millisecond, again and again, because a late success closed it.
 
 from __future__ import annotations
 
-from recsys.gateway import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from recsys.serving.pipeline import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
 class FakeClock:

@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict, TypeVar
 
-from recsys.serving import ServingSettings, fallback_reason, top_k_items
+from recsys.errors import ModelNotReady
+from recsys.serving.reranking import top_k_items
+from recsys.serving.settings import ServingSettings
 from recsys.tracing import SpanKind, hash_id, mark_error, set_attributes, tracer
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -96,7 +98,8 @@ class Retrieved(TypedDict):
 
 
 class Ranked(TypedDict):
-    """The ranker's verdict (`serving.rank_columns`): positions in the candidates, best first."""
+    """The ranker's verdict (`recsys.model.ranking.rank_columns`): positions in the candidates,
+    best first."""
 
     order: list[int]
     scores: list[float]
@@ -321,3 +324,25 @@ class RecommendPipeline:
             "degraded_reasons": degraded,
             "track": self.settings.track,
         }
+
+
+def fallback_reason(exc: BaseException) -> str:
+    """A short, bounded label for why a dependency call failed (used in metrics).
+
+    A stage's own refusals carry its HTTP status (`error_code` of BentoML's client errors): 503
+    is `overloaded` when it shed the call and `not_ready` while its model loads or failed to
+    load; 401/403 is `unauthorized` (a stage token mismatch).
+    """
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, ModelNotReady):  # an in-process stage whose model is not loaded
+        return "not_ready"
+    status = getattr(exc, "error_code", None)
+    if status == 503:
+        return "overloaded" if "overloaded" in str(exc) else "not_ready"
+    if status in (401, 403):
+        return "unauthorized"
+    name = type(exc).__name__.lower()
+    if "connect" in name or isinstance(exc, ConnectionError | OSError):
+        return "unavailable"
+    return "error"
