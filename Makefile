@@ -76,9 +76,10 @@ test-unit: setup ## Fast loop: tests/unit only (pure logic; no servers, subproce
 audit: setup ## Dependency audit: pip-audit over the venv and the image's resolved packages (security/audit-allowlist.yaml); also run by `make test`
 	$(PY) security/audit.py
 
-lint: setup ## ruff check and format check
+lint: setup ## ruff check and format check, and the architecture boundaries (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: setup ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .

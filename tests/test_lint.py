@@ -1,4 +1,5 @@
-"""The tree stays ruff clean (lint and format), as CI promises."""
+"""The tree stays ruff clean (lint and format) and keeps its architecture boundaries (the
+import-linter contracts in pyproject.toml), as CI promises."""
 
 import shutil
 import subprocess
@@ -10,17 +11,27 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _ruff() -> list[str]:
-    local = Path(sys.executable).parent / "ruff"
+def _tool(name: str) -> list[str]:
+    local = Path(sys.executable).parent / name
     if local.exists():
         return [str(local)]
-    found = shutil.which("ruff")
+    found = shutil.which(name)
     if found is None:
-        pytest.fail("ruff is not installed (it is part of the dev extra)")
+        pytest.fail(f"{name} is not installed (it is part of the dev extra)")
     return [found]
 
 
 @pytest.mark.parametrize("args", [["check", "."], ["format", "--check", "."]])
 def test_ruff(args):
-    result = subprocess.run([*_ruff(), *args], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([*_tool("ruff"), *args], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_contracts():
+    """The model imports nothing of serving, ops, rollout or the services, and no BentoML but
+    its model-store module; serving imports nothing of rollout, ops or the CLI."""
+    result = subprocess.run(
+        [*_tool("lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+    assert "0 broken" in result.stdout
