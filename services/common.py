@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from recsys.errors import http_status
 from recsys.model.health import ModelHealth
+from recsys.serving.batching import MicroBatcher
 from recsys.serving.faults import inject_faults
 from recsys.serving.models import BackgroundModel
 from recsys.serving.settings import ServingSettings
@@ -521,6 +522,52 @@ class WorkerReadiness:
             for sample in family.samples
             if sample.labels.get("component") == self.component and sample.value == 1
         }
+
+
+def micro_batcher(batch, stage: str) -> MicroBatcher | None:
+    """The process's micro-batcher for one stage's calls (`RECSYS_BATCHING`, `BATCH_MAX`,
+    `BATCH_WAIT_MS`), with its batch sizes in `recsys_batch_size{stage}`; None when off."""
+    if not SETTINGS.batching:
+        return None
+    return MicroBatcher(
+        batch,
+        SETTINGS.batch_max,
+        SETTINGS.batch_wait_ms / 1000,
+        on_batch=BATCH_SIZE.labels(stage).observe,
+    )
+
+
+class LocalStageHandle:
+    """A stage in the gateway's process, as the pipeline sees it: its service object, whose
+    `answer_` methods the subclass calls directly (no HTTP hop, serialisation or validation)."""
+
+    in_process = True
+
+    def __init__(self, service: StageService) -> None:
+        self.service = service
+
+    @property
+    def ready(self) -> bool:
+        return self.service.model_ready()
+
+    async def is_ready(self, timeout: float | None = None) -> bool:
+        return self.ready
+
+
+class RemoteStageHandle:
+    """A stage in its own process, as the pipeline sees it: reached over HTTP (`StageClient`:
+    JSON bodies, the stage token, W3C trace context)."""
+
+    in_process = False
+
+    def __init__(self, http: StageClient) -> None:
+        self.http = http
+
+    async def is_ready(self, timeout: float | None = None) -> bool:
+        return await self.http.is_ready(timeout)
+
+    async def close(self) -> None:
+        await self.http.close()
 
 
 class StageService:

@@ -15,21 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsys.model.artifacts import RANKING_MODEL, load_ranker
 from recsys.model.ranking import rank_columns_many
-from recsys.serving.batching import MicroBatcher
 from recsys.serving.pipeline import CandidateColumns as Columns
 from recsys.serving.pipeline import Ranked
 from recsys.serving.settings import ItemId, UserId
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
-    BATCH_SIZE,
     SETTINGS,
+    LocalStageHandle,
+    RemoteStageHandle,
     StageService,
+    micro_batcher,
     packed_model,
     protect,
     respond,
     service_config,
 )
-from services.stage_client import StageClient
 
 MAX_CANDIDATES = 2000
 
@@ -94,16 +94,7 @@ class Ranking(StageService):
             check_ranker,
             RANKING_MODEL,
         )
-        self.batcher = (
-            MicroBatcher(
-                self.answer_rank_many,
-                SETTINGS.batch_max,
-                SETTINGS.batch_wait_ms / 1000,
-                on_batch=BATCH_SIZE.labels("ranking").observe,
-            )
-            if SETTINGS.batching
-            else None
-        )
+        self.batcher = micro_batcher(self.answer_rank_many, "ranking")
 
     def answer_rank_many(self, requests: list[tuple[str, dict[str, list]]]) -> list[dict]:
         """Several requests' verdicts from one model prediction (ModelNotReady fails all)."""
@@ -142,40 +133,19 @@ protect(
 
 
 # ---- how the gateway calls Ranking (recsys.serving.pipeline.RankingStage) ------------------------
-class LocalRanking:
+class LocalRanking(LocalStageHandle):
     """Ranking in the gateway's process: `answer_rank` called directly (micro-batched there),
     with no HTTP hop, serialisation or validation (the gateway's own candidates)."""
 
-    in_process = True
-
-    def __init__(self, service: Ranking) -> None:
-        self.service = service
-
-    @property
-    def ready(self) -> bool:
-        return self.service.model_ready()
-
-    async def is_ready(self, timeout: float | None = None) -> bool:
-        return self.ready
+    service: Ranking
 
     async def rank(self, user_id: str, candidates: Columns) -> Ranked:
         return await self.service.answer_rank(user_id, candidates)
 
 
-class RankingClient:
+class RankingClient(RemoteStageHandle):
     """Ranking in its own process, over HTTP (`StageClient`): `POST /rank`; concurrent calls
     are batched into one prediction by the stage itself."""
 
-    in_process = False
-
-    def __init__(self, http: StageClient) -> None:
-        self.http = http
-
-    async def is_ready(self, timeout: float | None = None) -> bool:
-        return await self.http.is_ready(timeout)
-
     async def rank(self, user_id: str, candidates: Columns) -> Ranked:
         return await self.http.call("/rank", {"user_id": user_id, "candidates": candidates})
-
-    async def close(self) -> None:
-        await self.http.close()

@@ -12,14 +12,15 @@ import bentoml
 from pydantic import BaseModel, Field
 
 from recsys.model.artifacts import RETRIEVAL_MODEL, load_retrieval
-from recsys.serving.batching import MicroBatcher
 from recsys.serving.pipeline import Retrieved, Similar
 from recsys.serving.settings import ItemId, UserId
 from recsys.tracing import hash_id, set_attributes
 from services.common import (
-    BATCH_SIZE,
     SETTINGS,
+    LocalStageHandle,
+    RemoteStageHandle,
     StageService,
+    micro_batcher,
     packed_model,
     protect,
     respond,
@@ -199,22 +200,12 @@ protect(
 
 
 # ---- how the gateway calls Retrieval (recsys.serving.pipeline.RetrievalStage) --------------------
-class LocalRetrieval:
+class LocalRetrieval(LocalStageHandle):
     """Retrieval in the gateway's process: its `answer_` methods called directly, with no HTTP
     hop, serialisation or validation (the gateway validated the request). No fault injection
     either: the test-only faults are per process, and the gateway's API applied its own."""
 
-    in_process = True
-
-    def __init__(self, service: Retrieval) -> None:
-        self.service = service
-
-    @property
-    def ready(self) -> bool:
-        return self.service.model_ready()
-
-    async def is_ready(self, timeout: float | None = None) -> bool:
-        return self.ready
+    service: Retrieval
 
     async def retrieve(self, user_id: str, k: int, exclude_items: list[str]) -> Retrieved:
         return self.service.answer_retrieve(user_id, k, exclude_items=exclude_items)
@@ -223,28 +214,14 @@ class LocalRetrieval:
         return self.service.answer_similar_items(item_id, k)
 
 
-class RetrievalClient:
+class RetrievalClient(RemoteStageHandle):
     """Retrieval in its own process, over HTTP (`StageClient`: JSON, stage token, trace
     context): `POST /retrieve`, or with micro-batching on (`RECSYS_BATCHING`) one
     `POST /retrieve_batch` for the requests waiting together, and `POST /similar_items`."""
 
-    in_process = False
-
     def __init__(self, http: StageClient) -> None:
-        self.http = http
-        self.batcher = (
-            MicroBatcher(
-                self.retrieve_batch,
-                SETTINGS.batch_max,
-                SETTINGS.batch_wait_ms / 1000,
-                on_batch=BATCH_SIZE.labels("retrieval").observe,
-            )
-            if SETTINGS.batching
-            else None
-        )
-
-    async def is_ready(self, timeout: float | None = None) -> bool:
-        return await self.http.is_ready(timeout)
+        super().__init__(http)
+        self.batcher = micro_batcher(self.retrieve_batch, "retrieval")
 
     async def retrieve(self, user_id: str, k: int, exclude_items: list[str]) -> Retrieved:
         request = {"user_id": user_id, "k": k, "exclude_items": exclude_items}
@@ -257,6 +234,3 @@ class RetrievalClient:
 
     async def similar_items(self, item_id: str, k: int) -> Similar:
         return await self.http.call("/similar_items", {"item_id": item_id, "k": k})
-
-    async def close(self) -> None:
-        await self.http.close()
