@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from recsys.ops.stack import REPO_ROOT, serve_stack
 from tests.slo_verdict import judge_latency_only_breach
@@ -160,28 +161,35 @@ def test_chart_job_layout_gates_without_the_project(slowed_stack, tmp_path):
         "--host", slowed_stack.url, "--users", "4", "--spawn-rate", "4", "--run-time", "40s",
         "--warmup", "3", "--window", "3", "--abort-after", "2",
     ]  # fmt: skip
-    result, elapsed = run(command, timeout=90, cwd=directory, env=job_env(tmp_path, SLO_FILE))
+    # The Job reads slo.yaml as the chart renders it into its ConfigMap: JSON.
+    rendered = tmp_path / "slo.json"
+    rendered.write_text(json.dumps(yaml.safe_load(SLO_FILE.read_text())))
+    result, elapsed = run(command, timeout=90, cwd=directory, env=job_env(tmp_path, rendered))
     assert result.returncode == 99, explain(result)
     verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
     assert ("recommend", "p95_ms") in {(b["endpoint"], b["metric"]) for b in verdict["breaches"]}
-    assert verdict["run"]["slo_file"] == str(SLO_FILE)
+    assert verdict["run"]["slo_file"] == str(rendered)
     assert elapsed < 35
 
 
 def test_chart_job_layout_rejects_an_invalid_slo_file_clearly(tmp_path):
+    """Without the project the Job reads only the chart's JSON; anything else is refused with
+    the file and the problem named, before any traffic."""
     directory = flat_job_directory(tmp_path)
-    broken = tmp_path / "slo.yaml"
-    broken.write_text("endpoints:\n  recommend:\n    p95_ms: 90\n    p99_ms: 60\n")
+    incomplete = tmp_path / "slo.json"
+    incomplete.write_text(json.dumps({"endpoints": {"recommend": {"p95_ms": 90, "p99_ms": 60}}}))
+    as_yaml = tmp_path / "slo.yaml"
+    as_yaml.write_text(SLO_FILE.read_text())
     command = [
         sys.executable, "-c", STOCK_IMAGE_LOCUST, "--locustfile", str(directory / "locustfile.py"),
         "--headless", "--host", "http://127.0.0.1:9", "--run-time", "5s",
     ]  # fmt: skip
-    result, _ = run(command, timeout=60, cwd=directory, env=job_env(tmp_path, broken))
-    assert result.returncode == 3, explain(result)
-    assert f"{broken}: invalid SLO file" in result.stderr
-    assert "endpoints.recommend.max_error_ratio: Field required" in result.stderr
-    assert "p99_ms (60.0) must not be below p95_ms (90.0)" in result.stderr
-    assert not (tmp_path / "out" / "verdict.json").exists()
+    for broken, problem in ((incomplete, "max_error_ratio"), (as_yaml, "not JSON")):
+        result, _ = run(command, timeout=60, cwd=directory, env=job_env(tmp_path, broken))
+        assert result.returncode == 3, explain(result)
+        assert f"{broken}: " in result.stderr and problem in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "out" / "verdict.json").exists()
 
 
 def test_runner_rejects_an_invalid_slo_file_before_starting_anything(tmp_path):
