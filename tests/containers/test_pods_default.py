@@ -29,6 +29,7 @@ import pytest
 from conftest import REPO_ROOT, REPORT_DIR, SCENARIOS, in_ci, running_stack
 from pod_runner import KNOWN_USERS, Client
 
+from recsys.ops.cpu import machine_cpu_seconds
 from tests.slo_verdict import judge_latency_only_breach
 
 pytestmark = [pytest.mark.containers]
@@ -221,8 +222,7 @@ class CPUAccount:
 
     @staticmethod
     def _busy() -> float:
-        times = psutil.cpu_times()
-        return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+        return machine_cpu_seconds()[0]
 
     @staticmethod
     def _children() -> float:

@@ -25,7 +25,6 @@ The malformed requests that schemathesis found to cause a 5xx are kept as plain 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from recsys.ops.bentoml_home import private_home
 from recsys.ops.stack import ServerProcess, free_port, stage_token, start_all, start_service
 from recsys.serving.settings import ServingSettings
 from tests.stage_calls import VALID_CALLS
@@ -74,26 +74,8 @@ def schemathesis_available() -> None:
 
 
 def _home(root: Path, models: Path, name: str) -> dict[str, str]:
-    """A BENTOML_HOME per server sharing one model store (BentoML empties the metrics directory
-    of its home whenever a server starts)."""
-    home = root / name
-    home.mkdir(parents=True)
-    (home / "models").symlink_to(models, target_is_directory=True)
-    return {"BENTOML_HOME": str(home)}
-
-
-def _stop(server: ServerProcess) -> None:
-    """SIGTERM, and SIGKILL for any worker left (BentoML's run in sessions of their own)."""
-    import psutil
-
-    processes = []
-    with contextlib.suppress(psutil.NoSuchProcess):
-        root = psutil.Process(server.process.pid)
-        processes = [root, *root.children(recursive=True)]
-    server.stop()
-    for process in psutil.wait_procs(processes, timeout=5)[1]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
+    """A BENTOML_HOME per server sharing one model store (recsys.ops.bentoml_home)."""
+    return {"BENTOML_HOME": str(private_home(root / name, models))}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +102,7 @@ def services(tiny_result, bentoml_home, tmp_path_factory):
         yield started
     finally:
         for server in started.values():
-            _stop(server)
+            server.stop()
 
 
 def interactions(report_dir: Path) -> list[dict]:
