@@ -33,7 +33,7 @@ app.add_typer(models_app, name="models")
 from recsys.rollout.cli import rollout_app  # noqa: E402
 
 app.add_typer(rollout_app, name="rollout")
-from recsys.cli.main.retrain import models_import, retrain  # noqa: E402
+from recsys.cli.retrain import models_import, retrain  # noqa: E402
 
 app.command("retrain")(retrain)
 models_app.command("import")(models_import)
