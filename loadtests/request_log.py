@@ -164,8 +164,22 @@ def stage_reasons(records: Iterable[dict], stage: str) -> Counter:
 
 
 def dropped_calls(records: Iterable[dict]) -> list[dict]:
-    """Answers degraded because a stage call failed outright (not merely timed out)."""
-    return [r for r in records if any(not x.endswith(":timeout") for x in r.get("reasons", []))]
+    """Answers degraded because a stage call failed outright: not merely timed out, and not
+    refused by a circuit breaker that timeouts opened (the stage's last failure before the
+    refusal, in time order, was a timeout: a busy machine, not a dropped call)."""
+    dropped, last_failure = [], {}
+    for record in sorted(records, key=lambda r: r.get("t", 0.0)):
+        outright = False
+        for reason in record.get("reasons", []):
+            stage, _, why = reason.partition(":")
+            if why == "circuit_open":
+                outright |= last_failure.get(stage) != "timeout"
+            else:
+                last_failure[stage] = why
+                outright |= why != "timeout"
+        if outright:
+            dropped.append(record)
+    return dropped
 
 
 def timed_out(records: Iterable[dict]) -> list[dict]:
