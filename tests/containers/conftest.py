@@ -197,12 +197,10 @@ class Stack:
         """Run the pod's init containers to completion, in order, then start its container;
         the probes' clock starts then, as the kubelet's does."""
         plan = self.plan.containers[deployment]
-        for init in plan.init:
-            code, log = self.run_to_completion(init, timeout=300)
-            if code != 0:
-                raise RuntimeError(
-                    f"{deployment}: init container {init.name} exited {code}:\n{log[-3000:]}"
-                )
+        failed = self.run_init_containers(plan)
+        if failed is not None:
+            name, code, log = failed
+            raise RuntimeError(f"{deployment}: init container {name} exited {code}:\n{log[-3000:]}")
         self.names[deployment] = self.docker.start(plan)
         self.started_at[deployment] = time.monotonic()
 
@@ -217,11 +215,19 @@ class Stack:
     def run_job(self, cronjob: str, timeout: float = 900) -> tuple[int, str]:
         """One run of a CronJob's pod (init containers first): (exit code, log)."""
         plan = self.plan.jobs[cronjob]
+        failed = self.run_init_containers(plan)
+        if failed is not None:
+            return failed[1:]
+        return self.run_to_completion(plan, timeout)
+
+    def run_init_containers(self, plan: ContainerPlan) -> tuple[str, int, str] | None:
+        """Run a pod's init containers in order, each to completion; the first that fails
+        stops the pod: (its name, exit code, log), or None when all succeeded."""
         for init in plan.init:
             code, log = self.run_to_completion(init, timeout=300)
             if code != 0:
-                return code, log
-        return self.run_to_completion(plan, timeout)
+                return init.name, code, log
+        return None
 
     def wait_ready(self, deployment: str, budget_s: float | None = None) -> Readiness:
         name = self.names[deployment]

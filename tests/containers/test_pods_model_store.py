@@ -88,14 +88,17 @@ def retrained(chart_render, docker_bin, built_image, volumes, tmp_path_factory, 
     that model as the stable one the preflight compares with (imported from the store)."""
     tmp = tmp_path_factory.mktemp("values")
     runs = {}
-    objects = chart_render([SCENARIOS / "default-values.yaml", _values(tmp)])
-    with running_stack(
-        "train-1", objects, docker_bin, built_image, only=[], claims=_claims(volumes)
-    ) as stack:
-        started = time.monotonic()
-        code, log = stack.run_job(CRONJOB)
-        runs["first"] = {"code": code, "log": log, "seconds": round(time.monotonic() - started, 1)}
-    assert code == 0, f"first training run failed:\n{log[-4000:]}"
+
+    def run_job(name: str, sets: list[str]) -> None:
+        objects = chart_render([SCENARIOS / "default-values.yaml", _values(tmp)], sets)
+        claims = _claims(volumes)
+        with running_stack(name, objects, docker_bin, built_image, only=[], claims=claims) as stack:
+            started = time.monotonic()
+            code, log = stack.run_job(CRONJOB)
+        runs[name] = {"code": code, "log": log, "seconds": round(time.monotonic() - started, 1)}
+        assert code == 0, f"training run {name} failed:\n{log[-4000:]}"
+
+    run_job("first", [])
     first = _stored_tags(volumes["store"])
     (stable_ranking,) = [t for t in first if t.startswith("recsys-ranking:")]
 
@@ -103,16 +106,7 @@ def retrained(chart_render, docker_bin, built_image, volumes, tmp_path_factory, 
     path = volumes["data"] / "interactions" / f"{new_day['timestamp'].min():%Y-%m-%d}.parquet"
     new_day.to_parquet(path)
     path.chmod(0o644)
-    objects = chart_render(
-        [SCENARIOS / "default-values.yaml", _values(tmp)], [f"ranking.modelTag={stable_ranking}"]
-    )
-    with running_stack(
-        "train-2", objects, docker_bin, built_image, only=[], claims=_claims(volumes)
-    ) as stack:
-        started = time.monotonic()
-        code, log = stack.run_job(CRONJOB)
-        runs["second"] = {"code": code, "log": log, "seconds": round(time.monotonic() - started, 1)}
-    assert code == 0, f"second training run failed:\n{log[-4000:]}"
+    run_job("second", [f"ranking.modelTag={stable_ranking}"])
     second = _stored_tags(volumes["store"]) - first
     figures["training_job"] = {name: run["seconds"] for name, run in runs.items()}
     return {"first": first, "second": second, "stable": stable_ranking, "runs": runs}
