@@ -72,6 +72,8 @@ class RetrievalConfig:
     cold_user_max_events: int = 2
     trending_days: float = 14.0
     trending_half_life_days: float = 3.0
+    # The window widens (half-life alike) until it holds this share of the log's events.
+    trending_min_share: float = 0.1
     popular_list_size: int = 2000
 
 
@@ -129,20 +131,35 @@ def train_embeddings(
     )
 
 
+def trending_window_days(age_days: np.ndarray, config: RetrievalConfig) -> float:
+    """The trending window: `trending_days`, widened until it holds `trending_min_share` of
+    the events, so a sparse log (MovieLens: a few ratings a day over 22 years) still ranks on
+    enough events; a dense one (the synthetic log) keeps the configured window."""
+    past = age_days[age_days >= 0]
+    if not len(past):
+        return config.trending_days
+    return max(config.trending_days, float(np.quantile(past, config.trending_min_share)))
+
+
 def trending_items(
     history: pd.DataFrame, items: Vocabulary, as_of: pd.Timestamp, config: RetrievalConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Items ranked by recency-decayed event weight over the trending window, best first."""
+    """Items ranked by recency-decayed event weight over the trending window, best first.
+
+    The half-life scales with the window (`trending_window_days`), keeping its shape.
+    """
     seconds = to_epoch_seconds(history[schema.TIMESTAMP])
     as_of_s = to_epoch_seconds(pd.Series([as_of]))[0]
     age_days = (as_of_s - seconds) / _DAY_S
-    recent = age_days <= config.trending_days
+    window = trending_window_days(age_days, config)
+    half_life = config.trending_half_life_days * window / config.trending_days
+    recent = age_days <= window
     item_idx = items.lookup(history[schema.ITEM_ID])
     recent &= item_idx >= 0
-    decay = np.exp2(-age_days[recent] / config.trending_half_life_days)
+    decay = np.exp2(-age_days[recent] / half_life)
     weights = history[schema.WEIGHT].to_numpy(dtype=np.float64)[recent] * decay
     scores = np.bincount(item_idx[recent], weights=weights, minlength=len(items))
-    if not recent.any():  # an old log: fall back to all-time counts
+    if not recent.any():  # no event in the window at all: all-time counts
         scores = np.bincount(item_idx[item_idx >= 0], minlength=len(items)).astype(np.float64)
     order = np.argsort(-scores, kind="stable")[: config.popular_list_size]
     order = order[scores[order] > 0]

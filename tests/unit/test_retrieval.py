@@ -1,13 +1,18 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from recsys.model.retrieval import (
     IndexConfig,
+    RetrievalConfig,
     RetrievalModel,
     build_index,
     index_kind,
     measure_recall,
+    trending_items,
+    trending_window_days,
 )
+from recsys.model.vocab import Vocabulary
 
 
 def test_index_kind_follows_catalog_size():
@@ -95,3 +100,40 @@ def test_save_load_round_trip_after_moving(tiny_result, tmp_path):
     assert loaded.retrieve(user_id, 30) == model.retrieve(user_id, 30)
     item = model.items.ids[3]
     assert loaded.similar_items(item, 5) == model.similar_items(item, 5)
+
+
+def _log(ages_days: list[float], item_ids: list[str], as_of: pd.Timestamp) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in range(len(ages_days))],
+            "item_id": item_ids,
+            "timestamp": [as_of - pd.Timedelta(days=age) for age in ages_days],
+            "event": "view",
+            "weight": 1.0,
+        }
+    )
+
+
+def test_trending_window_widens_on_a_sparse_log():
+    """A log with one event in the last 14 days (MovieLens over 22 years) still builds the
+    popular list from a tenth of its events, not from that single event."""
+    as_of = pd.Timestamp("2026-01-01", tz="UTC")
+    items = Vocabulary(["old-hit", "other", "lone-recent"])
+    ages = [1.0] + [300.0 + i for i in range(60)] + [900.0 + i for i in range(40)]
+    ids = ["lone-recent"] + ["old-hit"] * 45 + ["other"] * 15 + ["other"] * 40
+    history = _log(ages, ids, as_of)
+    config = RetrievalConfig()
+    age_days = np.array(ages)
+    assert trending_window_days(age_days, config) == pytest.approx(np.quantile(ages, 0.1))
+    assert trending_window_days(age_days, config) > config.trending_days
+    order, scores = trending_items(history, items, as_of, config)
+    assert set(items.ids[order].tolist()) == {"lone-recent", "old-hit"}
+    assert scores[0] == pytest.approx(1.0) and (np.diff(scores) <= 0).all()
+    # With the old fixed window the lone recent event would have been the whole list.
+    fixed = RetrievalConfig(trending_min_share=0.0)
+    assert items.ids[trending_items(history, items, as_of, fixed)[0]].tolist() == ["lone-recent"]
+
+
+def test_trending_window_keeps_the_configured_days_on_a_dense_log():
+    ages = np.linspace(0.0, 60.0, 600)
+    assert trending_window_days(ages, RetrievalConfig()) == 14.0
