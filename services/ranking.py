@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsys.model.artifacts import RANKING_MODEL, load_ranker
 from recsys.model.ranking import rank_columns_many
+from recsys.model.sources import SIGNAL_NAMES
 from recsys.serving.pipeline import CandidateColumns as Columns
 from recsys.serving.pipeline import Ranked
 from recsys.serving.settings import ItemId, UserId
@@ -32,12 +33,16 @@ from services.common import (
 )
 
 MAX_CANDIDATES = 2000
+# One source signal per candidate (`recsys.model.sources.SIGNAL_NAMES`); absent: missing.
+Signal = (
+    Annotated[list[Annotated[float, Field(strict=True)]], Field(max_length=MAX_CANDIDATES)] | None
+)
 
 
 class CandidateColumns(BaseModel):
     """Retrieved candidates as columns (`RetrievalModel.retrieve_columns`): every column has
-    one entry per candidate, so all have the same length. Columns beyond the four named ones
-    (features a ranker may read) pass through."""
+    one entry per candidate, so all have the same length. The sources' signals (`ann_score`,
+    ...) are features; one left out counts as missing. Other columns pass through."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -47,6 +52,13 @@ class CandidateColumns(BaseModel):
     categories: Annotated[
         list[Annotated[str, Field(max_length=128)]], Field(max_length=MAX_CANDIDATES)
     ]
+    ann_score: Signal = None
+    ann_rank: Signal = None
+    item_score: Signal = None
+    item_rank: Signal = None
+    recent_item_score: Signal = None
+    popular_score: Signal = None
+    popular_rank: Signal = None
 
     @model_validator(mode="after")
     def _aligned(self) -> Self:
@@ -55,6 +67,11 @@ class CandidateColumns(BaseModel):
             "scores": self.scores,
             "sources": self.sources,
             "categories": self.categories,
+            **{
+                name: getattr(self, name)
+                for name in SIGNAL_NAMES
+                if getattr(self, name) is not None
+            },
             **(self.model_extra or {}),
         }
         lengths = {
@@ -65,6 +82,10 @@ class CandidateColumns(BaseModel):
             raise ValueError(f"candidate columns differ in length: {lengths}")
         if not all(math.isfinite(score) for score in self.scores):
             raise ValueError("scores must be finite numbers")
+        for name in SIGNAL_NAMES:
+            column = getattr(self, name)
+            if column is not None and not all(math.isfinite(value) for value in column):
+                raise ValueError(f"{name} must be finite numbers")
         return self
 
 

@@ -1,4 +1,5 @@
-"""Retrieval service: ScaNN candidates for known users, trending items for cold ones.
+"""Retrieval service: fused candidates (ALS + ScaNN, item-item, popularity) for known users,
+popular items for cold ones.
 
 The gateway reaches it through `LocalRetrieval` (in its own process) or `RetrievalClient` (over
 HTTP), both at the end of this file: the pipeline's `RetrievalStage` (`recsys.serving.pipeline`).
@@ -50,9 +51,19 @@ class Candidates(BaseModel):
     """One entry per candidate in each column, in retrieval order."""
 
     item_ids: list[str]
-    scores: list[float]
-    sources: list[str] = Field(description="ann (index search) or popular (cold start, fill).")
+    scores: list[float] = Field(description="Reciprocal-rank fusion score of the sources.")
+    sources: list[str] = Field(
+        description="Provenance: ann (ALS index), item (item-item) or popular, the source that "
+        "ranked the candidate highest."
+    )
     categories: list[str]
+    ann_score: list[float] = Field(description="ALS dot product (0 for unknown users).")
+    ann_rank: list[float] = Field(description="Position in the ALS list; k when not in it.")
+    item_score: list[float] = Field(description="Item-item score from the user's history.")
+    item_rank: list[float] = Field(description="Position in the item-item list; k when not in it.")
+    recent_item_score: list[float] = Field(description="Item-item score from the last items.")
+    popular_score: list[float] = Field(description="Popularity, 1 for the most popular item.")
+    popular_rank: list[float] = Field(description="Position in the popular list; k when not in it.")
 
 
 class RetrievedCandidates(BaseModel):
@@ -147,7 +158,8 @@ class Retrieval(StageService):
         exclude_seen: ExcludeSeen = True,
     ) -> dict:
         """Candidates for a user (unknown users allowed) as columns: `item_ids`, `scores`,
-        `sources`, `categories`, one entry per candidate in retrieval order."""
+        `sources`, `categories` and the sources' signals, one entry per candidate in retrieval
+        order."""
         return await respond(
             self.answer_retrieve,
             user_id=user_id,

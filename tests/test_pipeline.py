@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from recsys.model.evaluate import MODELS
 from recsys.model.pipeline import train_pipeline
 from recsys.model.report import write_report
 from tests.conftest import tiny_train_config
@@ -16,13 +17,18 @@ pytestmark = pytest.mark.integration
 
 def test_pipeline_produces_all_models_and_slices(tiny_result):
     metrics = tiny_result.metrics
-    assert set(metrics["models"]) == {"popularity", "retrieval", "two_stage"}
+    assert set(metrics["models"]) == set(MODELS)
     for values in metrics["models"].values():
         for name in ("ndcg", "recall", "precision", "map", "mrr", "hit_rate", "coverage"):
             for k in (5, 10, 20):
                 assert 0.0 <= values[f"{name}@{k}"] <= 1.0
     assert {"cold", "warm", "light", "heavy"} <= set(metrics["slices"])
     assert metrics["candidate_recall@100"] >= metrics["models"]["retrieval"]["recall@20"]
+    by_source = metrics["candidate_recall_by_source"]
+    assert by_source["retrieval"] == metrics["candidate_recall@100"]
+    assert by_source["retrieval"] >= max(by_source["ann"], by_source["popularity"]) - 0.02
+    stages = {trial["stage"] for trial in metrics["tuning"]["trials"]}
+    assert {"popularity", "item-item", "als", "fusion", "ranker"} <= stages
     assert set(tiny_result.timings) >= {"validate", "ranker", "evaluate"}
 
 

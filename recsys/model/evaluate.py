@@ -1,4 +1,5 @@
-"""Offline evaluation: popularity, retrieval-only and two-stage models, overall and per slice."""
+"""Offline evaluation: baselines, each candidate source alone, the fused retrieval and the
+two-stage model, overall and per slice, with candidate recall per source and merged."""
 
 from __future__ import annotations
 
@@ -12,8 +13,21 @@ from recsys.model.data import schema
 from recsys.model.metrics import evaluate_lists, recall_at_k
 from recsys.model.ranking import Ranker, candidate_features
 from recsys.model.retrieval import Candidates, RetrievalModel
+from recsys.model.sources import SOURCE_ANN, SOURCE_ITEM, SOURCE_POPULAR, top_items
 
-MODELS = ("popularity", "retrieval", "two_stage")
+# Every evaluated model. `popularity` is the served popular list (cold users, fallbacks);
+# `ann` and `item_item` are one source alone (the popular list where it has nothing for a
+# user, as served); `retrieval` is the fused candidate list in its own order.
+MODELS = ("popularity_all_time", "popularity", "ann", "item_item", "retrieval", "two_stage")
+LABELS = {
+    "popularity_all_time": "all-time popularity (baseline)",
+    "popularity": "popularity (served list)",
+    "ann": "ALS + ScaNN alone",
+    "item_item": "item-item alone",
+    "retrieval": "retrieval only (fused sources)",
+    "two_stage": "two-stage (+ XGBoost ranker)",
+}
+_SOURCE_MODELS = {"ann": SOURCE_ANN, "item_item": SOURCE_ITEM, "popularity": SOURCE_POPULAR}
 
 
 @dataclass
@@ -81,18 +95,31 @@ def recommend_all(
     user_ids: Sequence[str],
     k: int,
     num_candidates: int,
-) -> tuple[dict[str, list[np.ndarray]], list[Candidates]]:
-    """Top-k lists from every model for every user (seen items excluded)."""
+) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
+    """Top-k lists from every model for every user (seen items excluded), and each source's
+    candidate list (and the fused one, `retrieval`) at `num_candidates`."""
     user_indices = [retrieval.users.index_of(u) for u in user_ids]
-    candidates = [retrieval.retrieve_indices(u, num_candidates) for u in user_indices]
-    popularity = [retrieval.retrieve_indices(-1, k, retrieval.seen_items(u)) for u in user_indices]
+    all_time = np.bincount(retrieval.seen.indices, minlength=len(retrieval.items)).astype(float)
+    lists: dict[str, list[np.ndarray]] = {name: [] for name in MODELS}
+    pools: dict[str, list[np.ndarray]] = {name: [] for name in (*_SOURCE_MODELS, "retrieval")}
+    fused: list[Candidates] = []
+    for user_idx in user_indices:
+        blocked = retrieval.blocked_items(user_idx, None, True)
+        found = retrieval.source_lists(user_idx, num_candidates, blocked)
+        candidates = retrieval.fuse(user_idx, found, num_candidates)
+        fused.append(candidates)
+        popular = found.lists[SOURCE_POPULAR]
+        for model, source in _SOURCE_MODELS.items():
+            own = found.lists.get(source)
+            pool = own if own is not None and len(own) else popular
+            pools[model].append(pool)
+            lists[model].append(pool[:k])
+        pools["retrieval"].append(candidates.item_idx)
+        lists["retrieval"].append(candidates.item_idx[:k])
+        lists["popularity_all_time"].append(top_items(all_time, blocked, k))
     ranker_users = [ranker.users.index_of(u) for u in user_ids]
-    lists = {
-        "popularity": [c.item_idx[:k] for c in popularity],
-        "retrieval": [c.item_idx[:k] for c in candidates],
-        "two_stage": [order[:k] for order in rank_candidates(ranker, ranker_users, candidates)],
-    }
-    return lists, candidates
+    lists["two_stage"] = [order[:k] for order in rank_candidates(ranker, ranker_users, fused)]
+    return lists, pools
 
 
 def evaluate_models(
@@ -104,7 +131,7 @@ def evaluate_models(
 ) -> dict:
     """Metrics of the three models overall and on cold/warm and light/heavy user slices."""
     max_k = max(ks)
-    lists, candidates = recommend_all(retrieval, ranker, evaluation.user_ids, max_k, num_candidates)
+    lists, pools = recommend_all(retrieval, ranker, evaluation.user_ids, max_k, num_candidates)
     to_lists = {name: [x.tolist() for x in value] for name, value in lists.items()}
     n_items = len(retrieval.items)
     user_indices = np.array([retrieval.users.index_of(u) for u in evaluation.user_ids])
@@ -127,17 +154,20 @@ def evaluate_models(
             for name, ranked in to_lists.items()
         }
 
-    candidate_recall = [
-        recall_at_k(c.item_idx.tolist(), rel, num_candidates)
-        for c, rel in zip(candidates, evaluation.relevant, strict=True)
-    ]
+    def mean_recall(pool: list[np.ndarray]) -> float:
+        recalls = [
+            recall_at_k(p.tolist(), rel, num_candidates)
+            for p, rel in zip(pool, evaluation.relevant, strict=True)
+        ]
+        return round(float(np.mean(recalls)), 5) if recalls else 0.0
+
+    source_recall = {name: mean_recall(pool) for name, pool in pools.items()}
     return {
         "ks": list(ks),
         "users": len(evaluation.user_ids),
         "num_candidates": num_candidates,
-        f"candidate_recall@{num_candidates}": float(np.mean(candidate_recall))
-        if candidate_recall
-        else 0.0,
+        f"candidate_recall@{num_candidates}": source_recall["retrieval"],
+        "candidate_recall_by_source": source_recall,
         "models": score(None),
         "slices": {
             name: {"users": int(mask.sum()), "models": score(mask)}

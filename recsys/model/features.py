@@ -16,12 +16,13 @@ import pandas as pd
 
 from recsys.model.data import schema
 from recsys.model.data.validate import to_epoch_seconds
+from recsys.model.sources import SIGNAL_NAMES
 from recsys.model.vocab import Vocabulary
 
 FEATURE_NAMES: tuple[str, ...] = (
     "retrieval_score",
     "retrieval_rank",
-    "from_popular",
+    *SIGNAL_NAMES,
     "item_log_pop_7d",
     "item_log_pop_30d",
     "item_log_pop_all",
@@ -84,6 +85,13 @@ def _category_share(
     return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
 
 
+def _log_relative(counts: np.ndarray) -> np.ndarray:
+    """log1p of counts over their mean: the same item or user scores alike whether the history
+    behind the table is longer (final models) or shorter (the ranker's training tables)."""
+    mean = float(counts.mean()) if len(counts) else 0.0
+    return np.log1p(counts / max(mean, 1e-12)).astype(np.float32)
+
+
 def build_feature_tables(
     history: pd.DataFrame,
     catalog: pd.DataFrame,
@@ -132,13 +140,13 @@ def build_feature_tables(
     event_category = item_category[item_idx]
     return FeatureTables(
         as_of=as_of_s,
-        item_log_pop_7d=np.log1p(pop_7d),
-        item_log_pop_30d=np.log1p(pop_30d),
-        item_log_pop_all=np.log1p(pop_all),
+        item_log_pop_7d=_log_relative(pop_7d),
+        item_log_pop_30d=_log_relative(pop_30d),
+        item_log_pop_all=_log_relative(pop_all),
         item_trending=np.log1p(trending).astype(np.float32),
         item_age_days=np.maximum((as_of_s - created_s) / _DAY_S, 0.0).astype(np.float32),
         item_category=item_category,
-        user_log_activity=np.log1p(activity),
+        user_log_activity=_log_relative(activity),
         user_days_since_last=((as_of_s - last_seen) / _DAY_S).astype(np.float32),
         user_category_share=_category_share(user_idx, event_category, len(users), len(categories)),
         user_category_share_14d=_category_share(
@@ -153,11 +161,13 @@ def assemble_features(
     item_idx: np.ndarray,
     retrieval_score: np.ndarray,
     retrieval_rank: np.ndarray,
-    from_popular: np.ndarray,
+    signals: np.ndarray,
 ) -> np.ndarray:
     """Feature matrix (rows = candidates, columns = FEATURE_NAMES) for user/item index pairs.
 
-    A user index of -1 is a user without history: user features take their neutral values.
+    `signals` are the sources' views of each candidate (columns `SIGNAL_NAMES`; NaN where a
+    caller did not send them: XGBoost treats NaN as missing). A user index of -1 is a user
+    without history: user features take their neutral values.
     """
     user_idx = np.asarray(user_idx, dtype=np.int64)
     item_idx = np.asarray(item_idx, dtype=np.int64)
@@ -171,7 +181,7 @@ def assemble_features(
     columns = (
         np.asarray(retrieval_score, dtype=np.float32),
         np.asarray(retrieval_rank, dtype=np.float32),
-        np.asarray(from_popular, dtype=np.float32),
+        *np.asarray(signals, dtype=np.float32).reshape(len(item_idx), len(SIGNAL_NAMES)).T,
         pop_7d,
         pop_30d,
         tables.item_log_pop_all[item_idx],

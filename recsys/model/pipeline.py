@@ -37,6 +37,8 @@ from recsys.model.retrieval import (
     RetrievalModel,
     train_retrieval,
 )
+from recsys.model.sources import ItemItemConfig
+from recsys.model.tuning import TuningConfig, tune_sources
 from recsys.model.vocab import Vocabulary
 
 # Seconds-scale training on `TINY_SYNTH`-sized data (TrainConfig.tiny), in the JSON shape of
@@ -48,7 +50,10 @@ TINY_TRAINING: dict[str, Any] = {
     "embedding": {"factors": 16, "iterations": 6},
     "retrieval": {"num_candidates": 100},
     "ranker": {"n_estimators": 60, "max_training_users": 1000},
+    "tuning": {"budget_seconds": 5.0, "max_users": 500},
 }
+# Ranker settings tried after the configured ones while the tuning budget lasts.
+RANKER_GRID: tuple[dict[str, Any], ...] = ({"max_depth": 6, "min_child_weight": 10.0},)
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,9 @@ class TrainConfig:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    item_item: ItemItemConfig = field(default_factory=ItemItemConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +178,44 @@ def ranking_examples(
     return RankingExamples(np.vstack(features), np.concatenate(labels), np.concatenate(query))
 
 
+def tune_ranker(
+    examples: RankingExamples, config: TrainConfig, tuning: dict[str, Any], clock: StageClock
+):
+    """Train the configured ranker, then `RANKER_GRID` while the tuning budget lasts; the best
+    by NDCG@10 on the ranker's held-out validation queries. Trials go into `tuning`."""
+    start = time.perf_counter()
+    booster, info = train_ranker(examples, config.ranker)
+    best = (info["valid_ndcg_at_10"], booster, info, config.ranker)
+    if not config.tuning.enabled:
+        return best[1:]
+    spent = clock.timings.get("tuning", 0.0)
+    rows = [(config.ranker, info, time.perf_counter() - start)]
+    for change in RANKER_GRID:
+        if spent + sum(row[2] for row in rows) > config.tuning.budget_seconds:
+            break
+        start = time.perf_counter()
+        option = replace(config.ranker, **change)
+        candidate, candidate_info = train_ranker(examples, option)
+        rows.append((option, candidate_info, time.perf_counter() - start))
+        if candidate_info["valid_ndcg_at_10"] > best[0]:
+            best = (candidate_info["valid_ndcg_at_10"], candidate, candidate_info, option)
+    for option, option_info, seconds in rows:
+        tuning["trials"].append(
+            {
+                "stage": "ranker",
+                "params": {
+                    "max_depth": option.max_depth,
+                    "min_child_weight": option.min_child_weight,
+                },
+                "ndcg": option_info["valid_ndcg_at_10"],
+                "recall": None,
+                "seconds": round(seconds, 2),
+                "chosen": option == best[3],
+            }
+        )
+    return best[1:]
+
+
 def make_split(interactions: pd.DataFrame, config: TrainConfig) -> Split:
     if config.split == "random":
         return random_split(interactions, ratio=config.ratio, seed=config.seed)
@@ -196,6 +241,35 @@ def train_pipeline(
     with clock.stage("split"):
         split = make_split(clean.interactions, config)
 
+    tuning: dict[str, Any] = {"trials": []}
+    fitted = None
+    if config.tuning.enabled:
+        with clock.stage("tuning"):
+            tuned = tune_sources(
+                split.train,
+                split.validation,
+                items,
+                split.validation_start,
+                config.embedding,
+                config.item_item,
+                config.retrieval,
+                config.tuning,
+                config.seed,
+            )
+            config = replace(
+                config,
+                embedding=tuned.embedding,
+                item_item=tuned.item_item,
+                retrieval=tuned.retrieval,
+            )
+            tuning = tuned.table()
+            if tuned.fitted is not None:
+                fitted = (
+                    tuned.fitted.user_factors,
+                    tuned.fitted.item_factors,
+                    tuned.fitted.item_item,
+                )
+
     with clock.stage("retrieval (ranker phase)"):
         retrieval_a = train_retrieval(
             split.train,
@@ -205,6 +279,8 @@ def train_pipeline(
             config.embedding,
             config.index,
             config.retrieval,
+            config.item_item,
+            fitted,
         )
         tables_a = build_feature_tables(
             split.train,
@@ -216,7 +292,8 @@ def train_pipeline(
         )
     with clock.stage("ranker"):
         examples = ranking_examples(retrieval_a, tables_a, split.validation, config)
-        booster, ranker_info = train_ranker(examples, config.ranker)
+        booster, ranker_info, ranker_config = tune_ranker(examples, config, tuning, clock)
+        config = replace(config, ranker=ranker_config)
 
     with clock.stage("retrieval (final)"):
         history = split.history_before_test
@@ -228,6 +305,7 @@ def train_pipeline(
             config.embedding,
             config.index,
             config.retrieval,
+            config.item_item,
         )
         tables = build_feature_tables(
             history, clean.catalog, retrieval.users, items, categories, split.test_start
@@ -243,6 +321,7 @@ def train_pipeline(
         )
         metrics["index"] = retrieval.stats
         metrics["ranker"] = {k: v for k, v in ranker_info.items() if k != "feature_importance_gain"}
+        metrics["tuning"] = tuning
         promotable, reasons = promotion_decision(metrics)
 
     return TrainResult(

@@ -15,7 +15,8 @@ import numpy as np
 import xgboost as xgb
 
 from recsys.model.features import FEATURE_NAMES, FeatureTables, assemble_features
-from recsys.model.retrieval import SOURCE_ANN, SOURCE_POPULAR, Candidates
+from recsys.model.retrieval import Candidates
+from recsys.model.sources import SCORE_SIGNALS, SIGNAL_NAMES, SOURCE_ANN, SOURCE_POPULAR
 from recsys.model.vocab import Vocabulary
 from recsys.tracing import set_attributes, tracer
 
@@ -34,7 +35,7 @@ class RankerConfig:
     colsample_bytree: float = 0.9
     early_stopping_rounds: int = 30
     pairs_per_sample: int = 8
-    max_training_users: int = 6000
+    max_training_users: int = 4000
     eval_share: float = 0.15
     seed: int = 0
 
@@ -52,6 +53,23 @@ class RankingExamples:
         return len(np.unique(self.query))
 
 
+# Source scores whose scale follows the history's size (a model refit on more data scores
+# higher): the ranker reads them relative to the best candidate of the same list.
+_LIST_RELATIVE = [SIGNAL_NAMES.index(name) for name in SCORE_SIGNALS]
+
+
+def list_relative(signals: np.ndarray) -> np.ndarray:
+    """Score signals divided by their largest magnitude within one user's candidate list."""
+    relative = np.array(signals, dtype=np.float32, copy=True)
+    if not len(relative):
+        return relative
+    part = relative[:, _LIST_RELATIVE]
+    with np.errstate(invalid="ignore"):
+        scale = np.nanmax(np.abs(part), axis=0) if np.isfinite(part).any() else np.ones(1)
+    relative[:, _LIST_RELATIVE] = part / np.where(scale > 0, scale, 1.0)
+    return relative
+
+
 def candidate_features(tables: FeatureTables, user_idx: int, candidates: Candidates) -> np.ndarray:
     """Feature rows for one user's candidates, ranks taken from retrieval order."""
     n = len(candidates)
@@ -61,7 +79,7 @@ def candidate_features(tables: FeatureTables, user_idx: int, candidates: Candida
         candidates.item_idx,
         candidates.scores,
         np.arange(n, dtype=np.float32),
-        candidates.from_popular,
+        list_relative(candidates.signals),
     )
 
 
@@ -145,16 +163,25 @@ class Ranker:
     def score_indices(self, user_idx: int, candidates: Candidates) -> np.ndarray:
         return self.predict(candidate_features(self.tables, user_idx, candidates))
 
-    def features_for(
-        self, user_id: str, item_ids: list[str], scores: list[float], from_popular: list[bool]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Feature matrix for candidates given by id, and the mask of ids the model knows."""
-        item_idx = self.items.lookup(item_ids)
+    def features_for(self, user_id: str, columns: dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
+        """Feature matrix for candidate columns (ids, scores, sources, signals), and the mask
+        of ids the model knows. A signal column the caller left out is missing (NaN)."""
+        item_idx = self.items.lookup(columns["item_ids"])
         known = item_idx >= 0
+        n = len(item_idx)
+        signals = np.column_stack(
+            [
+                np.asarray(columns[name], dtype=np.float32)
+                if columns.get(name) is not None
+                else np.full(n, np.nan, dtype=np.float32)
+                for name in SIGNAL_NAMES
+            ]
+        ).reshape(n, len(SIGNAL_NAMES))
         candidates = Candidates(
             item_idx[known],
-            np.asarray(scores, dtype=np.float32)[known],
-            np.asarray(from_popular, dtype=bool)[known],
+            np.asarray(columns["scores"], dtype=np.float32)[known],
+            np.asarray(columns["sources"], dtype=object)[known],
+            signals[known],
         )
         user_idx = self.users.index_of(user_id)
         features = candidate_features(self.tables, user_idx, candidates)
@@ -165,7 +192,7 @@ class Ranker:
     def score(
         self, user_id: str, item_ids: list[str], scores: list[float], from_popular: list[bool]
     ) -> np.ndarray:
-        """One score per candidate; items unknown to the model get -inf (ranked last)."""
+        """One score per candidate without source signals; unknown items get -inf (last)."""
         sources = [SOURCE_POPULAR if popular else SOURCE_ANN for popular in from_popular]
         columns = {"item_ids": item_ids, "scores": scores, "sources": sources}
         return self.score_columns(user_id, columns)
@@ -180,15 +207,7 @@ class Ranker:
         """`score_columns` for several requests (user id, columns) with one model prediction:
         XGBoost's fixed cost per call is paid once for the batch."""
         with tracer.start_as_current_span("feature_assembly") as span:
-            prepared = [
-                self.features_for(
-                    user_id,
-                    columns["item_ids"],
-                    columns["scores"],
-                    [source == SOURCE_POPULAR for source in columns["sources"]],
-                )
-                for user_id, columns in requests
-            ]
+            prepared = [self.features_for(user_id, columns) for user_id, columns in requests]
             rows = sum(int(known.sum()) for _, known in prepared)
             unknown = sum(int((~known).sum()) for _, known in prepared)
             set_attributes(span, rows=rows, unknown_items=unknown, requests=len(requests))

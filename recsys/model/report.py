@@ -10,9 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from recsys.model.evaluate import LABELS as _LABELS
 from recsys.model.evaluate import MODELS
 
-_LABELS = {"popularity": "popularity", "retrieval": "retrieval only", "two_stage": "two-stage"}
 _HEADLINE = ("ndcg", "recall", "precision", "map", "mrr", "hit_rate", "coverage")
 
 
@@ -101,6 +101,9 @@ def write_report(summary: dict, out_dir: str | Path) -> dict[str, Path]:
         f"Held-out users: {metrics['users']}; candidates per user: {n_cand}; "
         f"candidate recall@{n_cand}: {metrics[f'candidate_recall@{n_cand}']:.4f}.",
         "",
+        f"Candidate recall@{n_cand} by source: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in metrics["candidate_recall_by_source"].items()),
+        "",
         "## Metrics at K=10",
         "",
         *_table(metrics["models"], 10 if 10 in metrics["ks"] else metrics["ks"][0]),
@@ -121,6 +124,10 @@ def write_report(summary: dict, out_dir: str | Path) -> dict[str, Path]:
         "",
         "![slices](slices.png)",
         "",
+        "## Tuning on the validation window",
+        "",
+        *tuning_table(metrics.get("tuning") or {}),
+        "",
         "## Retrieval index",
         "",
         *[f"- {k}: {v}" for k, v in metrics["index"].items()],
@@ -135,6 +142,27 @@ def write_report(summary: dict, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
+def tuning_table(tuning: dict) -> list[str]:
+    """The search table: every trial, its validation figures and which one was kept."""
+    if not tuning.get("trials"):
+        return ["Tuning was off: the configured settings were trained as they are."]
+    lines = [
+        f"{tuning.get('users', 0)} validation users, {tuning.get('seconds', 0)} s; selection: "
+        f"{tuning.get('selection', '')}. The test window is never read.",
+        "",
+        "| stage | settings | NDCG@10 | recall@N | seconds | chosen |",
+        "|---|---|---|---|---|---|",
+    ]
+    for trial in tuning["trials"]:
+        params = ", ".join(f"{k}={v}" for k, v in trial["params"].items())
+        recall = "" if trial["recall"] is None else f"{trial['recall']:.4f}"
+        lines.append(
+            f"| {trial['stage']} | {params} | {trial['ndcg']:.4f} | {recall} | "
+            f"{trial['seconds']} | {'**yes**' if trial['chosen'] else ''} |"
+        )
+    return lines
+
+
 def model_card(summary: dict) -> str:
     """A model card: what was trained on what, how well it does, and where it falls short."""
     metrics = summary["metrics"]
@@ -147,7 +175,8 @@ def model_card(summary: dict) -> str:
         "## Models",
         f"- Retrieval: {summary['config']['embedding']['algorithm'].upper()} embeddings "
         f"({summary['config']['embedding']['factors']} factors) + ScaNN "
-        f"({metrics['index']['index']}) + trending popularity for cold users"
+        f"({metrics['index']['index']}), {metrics['index'].get('item_item', 'no')} item-item "
+        "and popularity, merged by reciprocal-rank fusion; popularity for cold users"
         + (f"; tag `{tags['retrieval']}`" if "retrieval" in tags else ""),
         "- Ranking: XGBoost LambdaMART (`rank:ndcg`) over retrieved candidates"
         + (f"; tag `{tags['ranking']}`" if "ranking" in tags else ""),
@@ -164,9 +193,17 @@ def model_card(summary: dict) -> str:
         "## Performance on the test window",
         f"- NDCG@10 {two_stage['ndcg@10']:.4f}, Recall@10 {two_stage['recall@10']:.4f}, "
         f"MAP@10 {two_stage['map@10']:.4f}, MRR@10 {two_stage['mrr@10']:.4f}",
-        f"- Baselines NDCG@10: popularity {metrics['models']['popularity']['ndcg@10']:.4f}, "
-        f"retrieval only {metrics['models']['retrieval']['ndcg@10']:.4f}",
+        "- Baselines and single sources, NDCG@10: "
+        + ", ".join(
+            f"{_LABELS[m]} {metrics['models'][m]['ndcg@10']:.4f}"
+            for m in MODELS
+            if m != "two_stage"
+        ),
         f"- Promotable: {summary['promotable']}",
+        "",
+        "## Tuning (validation window)",
+        "",
+        *tuning_table(metrics.get("tuning") or {}),
         "",
         "## Known limitations",
         "- Items created after the training cut-off have no embedding: they reach users only "

@@ -1,4 +1,5 @@
-"""Candidate retrieval: ALS/BPR embeddings, ScaNN indexes, trending popularity for cold users.
+"""Candidate retrieval: ALS/BPR embeddings in ScaNN indexes, an item-item source and
+popularity, merged by reciprocal-rank fusion; cold and unknown users get the popular list.
 
 `RetrievalModel` is plain Python + NumPy + ScaNN (no serving framework): the Retrieval service,
 training and evaluation all call the same `retrieve` code.
@@ -25,14 +26,24 @@ import scann
 import scipy.sparse as sp
 
 from recsys.model.data import schema
-from recsys.model.data.validate import to_epoch_seconds
+from recsys.model.sources import (
+    SIGNAL_NAMES,
+    SOURCE_ANN,
+    SOURCE_ITEM,
+    SOURCE_POPULAR,
+    ItemItemConfig,
+    ItemItemModel,
+    fit_item_item,
+    fuse_lists,
+    popularity_scores,
+    recent_items,
+    top_items,
+    user_profiles,
+)
 from recsys.model.vocab import Vocabulary
 from recsys.tracing import set_attributes, tracer
 
-SOURCE_ANN = "ann"
-SOURCE_POPULAR = "popular"
 POPULAR_FILE = "popular.json"
-_DAY_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ class EmbeddingConfig:
     """Matrix-factorisation settings."""
 
     algorithm: Literal["als", "bpr"] = "als"
+    weighting: Literal["log", "bm25"] = "log"
     factors: int = 64
     iterations: int = 15
     regularization: float = 0.05
@@ -65,22 +77,37 @@ class IndexConfig:
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    """How candidates are gathered at request time."""
+    """How candidates are gathered at request time, and the popularity list's definition.
+
+    Each source proposes up to `num_candidates` items; weighted reciprocal-rank fusion
+    (weight / (rrf_k + rank)) keeps the best `num_candidates` of their union. Popularity is
+    `recency_weight` x decayed counts (half-life in days) + the rest x all-time counts.
+    """
 
     num_candidates: int = 200
-    popular_share: float = 0.2
     cold_user_max_events: int = 2
-    trending_days: float = 14.0
-    trending_half_life_days: float = 3.0
-    # The window widens (half-life alike) until it holds this share of the log's events.
-    trending_min_share: float = 0.1
+    ann_weight: float = 1.0
+    item_weight: float = 1.0
+    popular_weight: float = 0.5
+    rrf_k: float = 60.0
+    popular_half_life_days: float | None = 3.0
+    popular_recency_weight: float = 1.0
     popular_list_size: int = 2000
+
+    @property
+    def fusion_weights(self) -> dict[str, float]:
+        return {
+            SOURCE_ANN: self.ann_weight,
+            SOURCE_ITEM: self.item_weight,
+            SOURCE_POPULAR: self.popular_weight,
+        }
 
 
 def interaction_matrix(
     history: pd.DataFrame, users: Vocabulary, items: Vocabulary
 ) -> sp.csr_matrix:
-    """User x item matrix of log-scaled summed event weights (unknown ids ignored)."""
+    """User x item matrix of log-scaled summed event weights (unknown ids ignored): what ALS
+    learns from (`embedding_input` may re-weight it) and the seen items retrieval leaves out."""
     user_idx = users.lookup(history[schema.USER_ID])
     item_idx = items.lookup(history[schema.ITEM_ID])
     keep = (user_idx >= 0) & (item_idx >= 0)
@@ -95,11 +122,23 @@ def interaction_matrix(
     return matrix
 
 
+def embedding_input(user_items: sp.csr_matrix, weighting: str) -> sp.csr_matrix:
+    """The matrix ALS fits: log-scaled weights as they are, or BM25-weighted (long histories
+    and very popular items count less)."""
+    if weighting == "bm25":
+        from implicit.nearest_neighbours import bm25_weight
+
+        return bm25_weight(user_items, K1=100, B=0.8).tocsr().astype(np.float32)
+    return user_items
+
+
 def train_embeddings(
     user_items: sp.csr_matrix, config: EmbeddingConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit ALS (or BPR) with `implicit`; returns float32 (user_factors, item_factors)."""
     from threadpoolctl import threadpool_limits
+
+    user_items = embedding_input(user_items, config.weighting)
 
     # implicit parallelises over users itself; a multi-threaded BLAS underneath only slows it.
     with threadpool_limits(limits=1, user_api="blas"):
@@ -131,38 +170,12 @@ def train_embeddings(
     )
 
 
-def trending_window_days(age_days: np.ndarray, config: RetrievalConfig) -> float:
-    """The trending window: `trending_days`, widened until it holds `trending_min_share` of
-    the events, so a sparse log (MovieLens: a few ratings a day over 22 years) still ranks on
-    enough events; a dense one (the synthetic log) keeps the configured window."""
-    past = age_days[age_days >= 0]
-    if not len(past):
-        return config.trending_days
-    return max(config.trending_days, float(np.quantile(past, config.trending_min_share)))
-
-
-def trending_items(
-    history: pd.DataFrame, items: Vocabulary, as_of: pd.Timestamp, config: RetrievalConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """Items ranked by recency-decayed event weight over the trending window, best first.
-
-    The half-life scales with the window (`trending_window_days`), keeping its shape.
-    """
-    seconds = to_epoch_seconds(history[schema.TIMESTAMP])
-    as_of_s = to_epoch_seconds(pd.Series([as_of]))[0]
-    age_days = (as_of_s - seconds) / _DAY_S
-    window = trending_window_days(age_days, config)
-    half_life = config.trending_half_life_days * window / config.trending_days
-    recent = age_days <= window
-    item_idx = items.lookup(history[schema.ITEM_ID])
-    recent &= item_idx >= 0
-    decay = np.exp2(-age_days[recent] / half_life)
-    weights = history[schema.WEIGHT].to_numpy(dtype=np.float64)[recent] * decay
-    scores = np.bincount(item_idx[recent], weights=weights, minlength=len(items))
-    if not recent.any():  # no event in the window at all: all-time counts
-        scores = np.bincount(item_idx[item_idx >= 0], minlength=len(items)).astype(np.float64)
-    order = np.argsort(-scores, kind="stable")[: config.popular_list_size]
+def popular_ranking(scores: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `size` most popular items, best first, with scores scaled to the best one's."""
+    order = np.argsort(-scores, kind="stable")[:size]
     order = order[scores[order] > 0]
+    if not len(order):
+        return order.astype(np.int64), np.empty(0, dtype=np.float32)
     return order.astype(np.int64), (scores[order] / max(scores[order[0]], 1e-12)).astype(np.float32)
 
 
@@ -280,19 +293,48 @@ def candidate_rows(columns: dict[str, list]) -> list[dict]:
 
 @dataclass
 class Candidates:
-    """Retrieved items for one user, in retrieval order."""
+    """Retrieved items for one user, in fused retrieval order.
+
+    `sources` is each candidate's provenance (the source that ranked it highest, weighted);
+    `signals` holds every source's view of it, columns `SIGNAL_NAMES`.
+    """
 
     item_idx: np.ndarray
     scores: np.ndarray
-    from_popular: np.ndarray
+    sources: np.ndarray
+    signals: np.ndarray
 
     def __len__(self) -> int:
         return len(self.item_idx)
 
+    @property
+    def from_popular(self) -> np.ndarray:
+        return self.sources == SOURCE_POPULAR
+
+
+def _ranks_in(found: np.ndarray, ranked: np.ndarray | None, missing: int) -> np.ndarray:
+    """Position of each `found` item in `ranked` (best first), `missing` where absent."""
+    if ranked is None or not len(ranked):
+        return np.full(len(found), missing, dtype=np.float32)
+    sorter = np.argsort(ranked, kind="stable")
+    at = np.clip(np.searchsorted(ranked, found, sorter=sorter), 0, len(ranked) - 1)
+    hit = ranked[sorter[at]] == found
+    return np.where(hit, sorter[at], missing).astype(np.float32)
+
+
+@dataclass
+class SourceLists:
+    """Each source's list for one user, best first, and the item-item score vectors."""
+
+    lists: dict[str, np.ndarray]
+    item_scores: np.ndarray | None
+    recent_scores: np.ndarray | None
+
 
 @dataclass
 class RetrievalModel:
-    """Embeddings, ScaNN indexes, history and trending list: everything retrieval serves from."""
+    """Embeddings and ScaNN indexes, the item-item source, history and popularity: everything
+    retrieval serves from."""
 
     users: Vocabulary
     items: Vocabulary
@@ -307,11 +349,20 @@ class RetrievalModel:
     mips: object = None
     similar: object = None
     stats: dict = field(default_factory=dict)
+    popularity: np.ndarray | None = None
+    item_item: ItemItemModel | None = None
+    profiles: sp.csr_matrix | None = None
+    recent: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.history_counts = np.diff(self.seen.indptr)
         norms = np.linalg.norm(self.item_factors, axis=1, keepdims=True)
         self._unit_items = (self.item_factors / np.maximum(norms, 1e-12)).astype(np.float32)
+        if self.popularity is None:
+            self.popularity = np.zeros(len(self.items), dtype=np.float32)
+            self.popularity[self.popular_idx] = self.popular_scores
+        top = float(self.popularity.max()) if len(self.popularity) else 0.0
+        self._popularity_scaled = (self.popularity / max(top, 1e-12)).astype(np.float32)
 
     # ---- building -------------------------------------------------------------------------
     def build_indexes(self, seed: int = 0) -> None:
@@ -330,6 +381,7 @@ class RetrievalModel:
             self.mips, self.item_factors, self.user_factors[sample], k
         )
         self.stats = {
+            **self.stats,
             "index": index_kind(len(self.items), self.index_config),
             "items": len(self.items),
             "build_seconds": round(build_s, 3),
@@ -357,6 +409,78 @@ class RetrievalModel:
         )
         return neighbours.astype(np.int64), scores
 
+    def item_item_scores(self, user_idx: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Item-item scores of the whole catalog from the user's profile, and from their
+        `recent_items` last items alone (None, None without history or item-item source)."""
+        if self.item_item is None or self.profiles is None or user_idx < 0:
+            return None, None
+        start, end = self.profiles.indptr[user_idx], self.profiles.indptr[user_idx + 1]
+        if start == end:
+            return None, None
+        profile = self.item_item.scores(
+            self.profiles.indices[start:end], self.profiles.data[start:end]
+        )
+        recent = self.recent[user_idx] if self.recent is not None else np.empty(0, np.int32)
+        recent = recent[recent >= 0]
+        return profile, self.item_item.scores(recent, np.ones(len(recent), dtype=np.float32))
+
+    def source_lists(self, user_idx: int, k: int, blocked: np.ndarray) -> SourceLists:
+        """Up to k items from each source that applies, none of them in `blocked`.
+
+        ANN for warm users, item-item for users with a profile, popularity for everyone.
+        """
+        lists: dict[str, np.ndarray] = {}
+        if not self.is_cold(user_idx):
+            with tracer.start_as_current_span("ann_search") as span:
+                found, _ = self._ann(self.user_factors[user_idx], k + len(blocked))
+                lists[SOURCE_ANN] = found[~np.isin(found, blocked)][:k]
+                set_attributes(span, requested=k, searched=len(found))
+        with tracer.start_as_current_span("item_item_candidates") as span:
+            item_scores, recent_scores = self.item_item_scores(user_idx)
+            if item_scores is not None:
+                lists[SOURCE_ITEM] = top_items(item_scores, blocked, k)
+            set_attributes(span, found=len(lists.get(SOURCE_ITEM, ())))
+        with tracer.start_as_current_span("popular_candidates") as span:
+            lists[SOURCE_POPULAR] = self.popular_idx[~np.isin(self.popular_idx, blocked)][:k]
+            set_attributes(span, cold_user=self.is_cold(user_idx))
+        return SourceLists(lists, item_scores, recent_scores)
+
+    def signals(self, user_idx: int, item_idx: np.ndarray, found: SourceLists, k: int):
+        """Every source's score and rank of each candidate (`SIGNAL_NAMES` columns); a rank
+        of k means the source did not propose it, a score of 0 that it has no view."""
+        n = len(item_idx)
+        zeros = np.zeros(n, dtype=np.float32)
+        ann_score = (
+            self.item_factors[item_idx] @ self.user_factors[user_idx] if user_idx >= 0 else zeros
+        )
+        columns = {
+            "ann_score": ann_score,
+            "ann_rank": _ranks_in(item_idx, found.lists.get(SOURCE_ANN), k),
+            "item_score": zeros if found.item_scores is None else found.item_scores[item_idx],
+            "item_rank": _ranks_in(item_idx, found.lists.get(SOURCE_ITEM), k),
+            "recent_item_score": zeros
+            if found.recent_scores is None
+            else found.recent_scores[item_idx],
+            "popular_score": self._popularity_scaled[item_idx],
+            "popular_rank": _ranks_in(item_idx, found.lists.get(SOURCE_POPULAR), k),
+        }
+        return np.column_stack([columns[name] for name in SIGNAL_NAMES]).astype(np.float32)
+
+    def blocked_items(
+        self, user_idx: int, exclude: np.ndarray | None, exclude_seen: bool
+    ) -> np.ndarray:
+        blocked = np.empty(0, dtype=np.int64) if exclude is None else np.asarray(exclude, np.int64)
+        if exclude_seen:
+            blocked = np.concatenate([blocked, self.seen_items(user_idx)])
+        return blocked
+
+    def fuse(self, user_idx: int, found: SourceLists, k: int) -> Candidates:
+        """The fused top k of a user's source lists, with provenance and signals."""
+        item_idx, scores, provenance = fuse_lists(
+            found.lists, self.config.fusion_weights, k, self.config.rrf_k
+        )
+        return Candidates(item_idx, scores, provenance, self.signals(user_idx, item_idx, found, k))
+
     def retrieve_indices(
         self,
         user_idx: int,
@@ -364,39 +488,13 @@ class RetrievalModel:
         exclude: np.ndarray | None = None,
         exclude_seen: bool = True,
     ) -> Candidates:
-        """Up to k candidates: ANN for warm users, then trending items to fill the popular share.
+        """Up to k candidates: every applicable source's list, fused by reciprocal rank.
 
-        Cold or unknown users (index -1) get trending items only.
+        Cold or unknown users (index -1) get popular items only (and item-item ones when they
+        have a little history).
         """
-        blocked = np.empty(0, dtype=np.int64) if exclude is None else np.asarray(exclude, np.int64)
-        if exclude_seen:
-            blocked = np.concatenate([blocked, self.seen_items(user_idx)])
-        cold = self.is_cold(user_idx)
-        n_popular = k if cold else round(k * self.config.popular_share)
-        n_ann = k - n_popular
-        ann_idx = np.empty(0, dtype=np.int64)
-        ann_scores = np.empty(0, dtype=np.float32)
-        if n_ann > 0:
-            with tracer.start_as_current_span("ann_search") as span:
-                found, scores = self._ann(self.user_factors[user_idx], n_ann + len(blocked))
-                keep = ~np.isin(found, blocked)
-                ann_idx, ann_scores = found[keep][:n_ann], scores[keep][:n_ann]
-                set_attributes(span, requested=n_ann, searched=len(found), found=len(ann_idx))
-        with tracer.start_as_current_span("popular_candidates") as span:
-            fill = k - len(ann_idx)
-            taken = np.concatenate([blocked, ann_idx])
-            popular_keep = np.flatnonzero(~np.isin(self.popular_idx, taken))[:fill]
-            pop_idx = self.popular_idx[popular_keep]
-            if not cold:
-                pop_scores = self.item_factors[pop_idx] @ self.user_factors[user_idx]
-            else:
-                pop_scores = self.popular_scores[popular_keep]
-            set_attributes(span, requested=fill, found=len(pop_idx), cold_user=cold)
-        return Candidates(
-            np.concatenate([ann_idx, pop_idx]),
-            np.concatenate([ann_scores, pop_scores]).astype(np.float32),
-            np.concatenate([np.zeros(len(ann_idx), bool), np.ones(len(pop_idx), bool)]),
-        )
+        blocked = self.blocked_items(user_idx, exclude, exclude_seen)
+        return self.fuse(user_idx, self.source_lists(user_idx, k, blocked), k)
 
     def retrieve_columns(
         self,
@@ -407,9 +505,9 @@ class RetrievalModel:
     ) -> dict[str, list]:
         """Served candidates for a user id (unknown users allowed), as columns.
 
-        `item_ids`, `scores`, `sources`, `categories`: one list entry per candidate, in retrieval
-        order. This is what crosses the gateway-retrieval hop and what `Ranker.score_columns`
-        reads; a column added here travels to the ranker untouched.
+        `item_ids`, `scores`, `sources`, `categories` and one column per `SIGNAL_NAMES`: one
+        list entry per candidate, in retrieval order. This is what crosses the gateway-retrieval
+        hop and what `Ranker.score_columns` reads; a column added here travels to the ranker.
         """
         exclude = self.items.lookup(list(exclude_items)) if exclude_items else None
         if exclude is not None:
@@ -433,18 +531,27 @@ class RetrievalModel:
         return self.item_categories[item_idx].tolist()
 
     def columns(self, found: Candidates) -> dict[str, list]:
-        """Candidates as the columns `item_ids`, `scores`, `sources`, `categories`."""
-        return {
+        """Candidates as the columns `item_ids`, `scores`, `sources`, `categories` and the
+        `SIGNAL_NAMES`."""
+        columns = {
             "item_ids": self.items.ids[found.item_idx].tolist(),
             "scores": found.scores.tolist(),
-            "sources": np.where(found.from_popular, SOURCE_POPULAR, SOURCE_ANN).tolist(),
+            "sources": [str(source) for source in found.sources],
             "categories": self.category_of(found.item_idx),
         }
+        for position, name in enumerate(SIGNAL_NAMES):
+            columns[name] = found.signals[:, position].tolist()
+        return columns
 
     def popular_list(self, k: int) -> list[dict]:
-        """The first k trending items, for callers that must answer without this model."""
+        """The first k popular items, for callers that must answer without this model."""
         top = self.popular_idx[:k]
-        found = Candidates(top, self.popular_scores[:k], np.ones(len(top), dtype=bool))
+        found = Candidates(
+            top,
+            self.popular_scores[:k],
+            np.full(len(top), SOURCE_POPULAR, dtype=object),
+            np.zeros((len(top), len(SIGNAL_NAMES)), dtype=np.float32),
+        )
         return candidate_rows(self.columns(found))
 
     def similar_items(self, item_id: str, k: int) -> list[dict] | None:
@@ -475,8 +582,13 @@ class RetrievalModel:
         sp.save_npz(directory / "seen.npz", self.seen)
         np.save(directory / "popular_idx.npy", self.popular_idx)
         np.save(directory / "popular_scores.npy", self.popular_scores)
+        np.save(directory / "popularity.npy", self.popularity)
         if self.item_categories is not None:
             np.save(directory / "item_categories.npy", self.item_categories.astype(str))
+        if self.item_item is not None and self.profiles is not None:
+            self.item_item.save(directory / "item_item.npz")
+            sp.save_npz(directory / "profiles.npz", self.profiles)
+            np.save(directory / "recent.npy", self.recent)
         # A small, dependency-free fallback list the gateway reads without loading the model.
         (directory / POPULAR_FILE).write_text(json.dumps(self.popular_list(500)))
         (directory / "retrieval.json").write_text(
@@ -496,6 +608,10 @@ class RetrievalModel:
     def load(cls, directory: str | Path) -> RetrievalModel:
         directory = Path(directory).resolve()
         meta = json.loads((directory / "retrieval.json").read_text())
+
+        def optional(name: str, read):
+            return read(directory / name) if (directory / name).exists() else None
+
         model = cls(
             users=Vocabulary.load(directory / "users.npy"),
             items=Vocabulary.load(directory / "items.npy"),
@@ -504,12 +620,16 @@ class RetrievalModel:
             seen=sp.load_npz(directory / "seen.npz").tocsr(),
             popular_idx=np.load(directory / "popular_idx.npy"),
             popular_scores=np.load(directory / "popular_scores.npy"),
-            item_categories=np.load(directory / "item_categories.npy").astype(object)
-            if (directory / "item_categories.npy").exists()
-            else None,
+            item_categories=optional(
+                "item_categories.npy", lambda path: np.load(path).astype(object)
+            ),
             config=RetrievalConfig(**meta["config"]),
             index_config=IndexConfig(**meta["index_config"]),
             stats=meta["stats"],
+            popularity=optional("popularity.npy", np.load),
+            item_item=optional("item_item.npz", ItemItemModel.load),
+            profiles=optional("profiles.npz", lambda path: sp.load_npz(path).tocsr()),
+            recent=optional("recent.npy", np.load),
         )
         model.mips = load_searcher(directory / "scann_mips")
         model.similar = load_searcher(directory / "scann_similar")
@@ -524,12 +644,37 @@ def train_retrieval(
     embedding: EmbeddingConfig,
     index: IndexConfig,
     config: RetrievalConfig,
+    item_item: ItemItemConfig | None = None,
+    fitted: tuple[np.ndarray, np.ndarray, ItemItemModel] | None = None,
 ) -> RetrievalModel:
-    """Fit embeddings on `history`, compute trending items at `as_of`, build the ScaNN indexes."""
+    """Fit embeddings and the item-item source on `history`, rank popularity at `as_of`,
+    build the ScaNN indexes.
+
+    `fitted` (user factors, item factors, item-item model) are models already fitted on this
+    very history with these settings (the tuning search's): used instead of refitting.
+    """
+    item_item = item_item or ItemItemConfig()
     users = Vocabulary.from_values(history[schema.USER_ID])
     matrix = interaction_matrix(history, users, items)
-    user_factors, item_factors = train_embeddings(matrix, embedding)
-    popular_idx, popular_scores = trending_items(history, items, as_of, config)
+    start = time.perf_counter()
+    if fitted is None:
+        user_factors, item_factors = train_embeddings(matrix, embedding)
+        neighbours = fit_item_item(matrix, item_item)
+    else:
+        user_factors, item_factors, neighbours = fitted
+        if user_factors.shape[0] != len(users) or neighbours.n_items != len(items):
+            raise ValueError("fitted models do not match this history")
+    popularity = popularity_scores(
+        history, items, as_of, config.popular_half_life_days, config.popular_recency_weight
+    ).astype(np.float32)
+    popular_idx, popular_scores = popular_ranking(popularity, config.popular_list_size)
+    item_item_stats = {
+        "item_item": neighbours.method,
+        "item_item_active_items": len(neighbours.active),
+        "item_item_stored_weights": neighbours.stored_values,
+        "fit_seconds": round(time.perf_counter() - start, 3),
+        "fit_reused_from_tuning": fitted is not None,
+    }
     model = RetrievalModel(
         users=users,
         items=items,
@@ -541,6 +686,11 @@ def train_retrieval(
         config=config,
         index_config=index,
         item_categories=item_categories,
+        stats=item_item_stats,
+        popularity=popularity,
+        item_item=neighbours,
+        profiles=user_profiles(history, users, items, as_of, item_item.profile_half_life_days),
+        recent=recent_items(history, users, items, item_item.recent_items),
     )
     model.build_indexes(seed=embedding.seed)
     return model

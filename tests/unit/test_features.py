@@ -5,6 +5,7 @@ import pytest
 from recsys.model.data import schema
 from recsys.model.features import FEATURE_NAMES, build_feature_tables
 from recsys.model.ranking import Ranker
+from recsys.model.sources import SIGNAL_NAMES
 from recsys.model.vocab import Vocabulary
 
 
@@ -32,10 +33,15 @@ def test_tables_reflect_only_the_past(tiny_data):
     tables = build_feature_tables(past, catalog, users, items, cats, cutoff)
     counts = past[schema.ITEM_ID].value_counts()
     top = counts.index[0]
-    assert tables.item_log_pop_all[items.index_of(top)] == pytest.approx(np.log1p(counts.iloc[0]))
+    # Counts are relative to the mean item's, so tables of shorter and longer histories agree.
+    mean_count = counts.sum() / len(items)
+    assert tables.item_log_pop_all[items.index_of(top)] == pytest.approx(
+        np.log1p(counts.iloc[0] / mean_count)
+    )
     last_week = past[past[schema.TIMESTAMP] >= cutoff - pd.Timedelta(days=7)]
     week = (last_week[schema.ITEM_ID] == top).sum()
-    assert tables.item_log_pop_7d[items.index_of(top)] == pytest.approx(np.log1p(week))
+    week_mean = last_week[schema.ITEM_ID].isin(items.ids).sum() / len(items)
+    assert tables.item_log_pop_7d[items.index_of(top)] == pytest.approx(np.log1p(week / week_mean))
     shares = tables.user_category_share
     active = shares.sum(axis=1) > 0
     assert np.allclose(shares[active].sum(axis=1), 1.0)
@@ -53,22 +59,23 @@ def test_serving_features_equal_training_features(tiny_result, tmp_path):
         user_id = retrieval.users.ids[user_idx] if user_idx >= 0 else "never-seen-user"
         candidates = retrieval.retrieve_indices(user_idx, 50)
         training = candidate_features(ranker.tables, user_idx, candidates)
-        serving, known = served.features_for(
-            user_id,
-            retrieval.items.ids[candidates.item_idx].tolist(),
-            candidates.scores.tolist(),
-            candidates.from_popular.tolist(),
-        )
+        columns = retrieval.columns(candidates)
+        serving, known = served.features_for(user_id, columns)
         assert known.all()
         np.testing.assert_array_equal(serving, training)
         assert training.shape == (len(candidates), len(FEATURE_NAMES))
         np.testing.assert_allclose(
-            served.score(
-                user_id,
-                retrieval.items.ids[candidates.item_idx].tolist(),
-                candidates.scores.tolist(),
-                candidates.from_popular.tolist(),
-            ),
-            ranker.predict(training),
-            rtol=1e-6,
+            served.score_columns(user_id, columns), ranker.predict(training), rtol=1e-6
         )
+
+
+def test_missing_signal_columns_are_missing_features(tiny_result):
+    """A caller that sends no source signals gets NaN features, not an error or zeros."""
+    retrieval, ranker = tiny_result.retrieval, tiny_result.ranker
+    columns = retrieval.retrieve_columns(str(retrieval.users.ids[0]), 20)
+    bare = {name: columns[name] for name in ("item_ids", "scores", "sources", "categories")}
+    features, known = ranker.features_for(str(retrieval.users.ids[0]), bare)
+    assert known.all()
+    signal_columns = [FEATURE_NAMES.index(name) for name in SIGNAL_NAMES]
+    assert np.isnan(features[:, signal_columns]).all()
+    assert np.isfinite(ranker.score_columns(str(retrieval.users.ids[0]), bare)).all()

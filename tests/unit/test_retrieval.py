@@ -1,18 +1,15 @@
 import numpy as np
-import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from recsys.model.retrieval import (
     IndexConfig,
-    RetrievalConfig,
     RetrievalModel,
     build_index,
     index_kind,
     measure_recall,
-    trending_items,
-    trending_window_days,
 )
-from recsys.model.vocab import Vocabulary
+from recsys.model.sources import SIGNAL_NAMES, ItemItemConfig, fit_item_item, fuse_lists
 
 
 def test_index_kind_follows_catalog_size():
@@ -47,19 +44,52 @@ def _warm_user(model: RetrievalModel) -> int:
     return next(u for u in range(len(model.users)) if not model.is_cold(u))
 
 
-def test_warm_user_gets_ann_then_popular_without_seen_items(tiny_result):
+def test_warm_user_gets_fused_sources_without_seen_items(tiny_result):
     model = tiny_result.retrieval
     user = _warm_user(model)
     found = model.retrieve_indices(user, 50)
     assert len(found) == 50 and len(set(found.item_idx.tolist())) == 50
     assert not np.isin(found.item_idx, model.seen_items(user)).any()
-    n_popular = round(50 * model.config.popular_share)
-    assert found.from_popular.sum() == n_popular
-    assert not found.from_popular[: 50 - n_popular].any()  # ANN results come first
-    ann_scores = found.scores[: 50 - n_popular]
-    assert (np.diff(ann_scores) <= 1e-5).all()
-    exact = model.item_factors @ model.user_factors[user]
-    np.testing.assert_allclose(ann_scores, exact[found.item_idx[: 50 - n_popular]], rtol=1e-4)
+    assert (np.diff(found.scores) <= 1e-7).all()  # fused order
+    assert {"ann", "item"} <= set(found.sources.tolist())
+    signals = dict(zip(SIGNAL_NAMES, found.signals.T, strict=True))
+    exact = model.item_factors[found.item_idx] @ model.user_factors[user]
+    np.testing.assert_allclose(signals["ann_score"], exact, rtol=1e-5)
+    # Provenance says which list proposed it: that source ranks it within the list.
+    for source, rank in (("ann", "ann_rank"), ("item", "item_rank"), ("popular", "popular_rank")):
+        picked = found.sources == source
+        assert (signals[rank][picked] < 50).all()
+    lists = model.source_lists(user, 50, model.seen_items(user)).lists
+    ann_list = lists["ann"].tolist()
+    for item, rank in zip(found.item_idx.tolist(), signals["ann_rank"].tolist(), strict=True):
+        assert rank == (ann_list.index(item) if item in ann_list else 50)
+
+
+def test_fusion_is_weighted_reciprocal_rank():
+    lists = {"ann": np.array([1, 2, 3]), "item": np.array([3, 4]), "popular": np.array([5])}
+    weights = {"ann": 1.0, "item": 2.0, "popular": 0.5}
+    items, scores, provenance = fuse_lists(lists, weights, k=10, rrf_k=0.0)
+    expected = {1: 1.0, 2: 0.5, 3: 1 / 3 + 2.0, 4: 1.0, 5: 0.5}
+    assert items.tolist() == [3, 1, 4, 2, 5]
+    np.testing.assert_allclose(scores, [expected[i] for i in items.tolist()])
+    assert provenance.tolist() == ["item", "ann", "item", "ann", "popular"]
+
+
+def test_item_item_ease_and_knn_recover_co_occurrence():
+    # Two blocks of items that are always met together.
+    rows, cols = [], []
+    for user in range(40):
+        block = range(0, 5) if user % 2 else range(5, 10)
+        rows += [user] * 5
+        cols += list(block)
+    matrix = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(40, 12))
+    for method in ("ease", "knn"):
+        model = fit_item_item(matrix, ItemItemConfig(method=method, min_support=1, neighbours=4))
+        assert model.method == method and model.active.tolist() == list(range(10))
+        scores = model.scores(np.array([0, 1]), np.ones(2))
+        others = [i for i in np.argsort(-scores, kind="stable").tolist() if i not in (0, 1)]
+        assert set(others[:3]) == {2, 3, 4} and min(scores[2:5]) > max(scores[5:10])
+        assert scores[10:].tolist() == [0.0, 0.0]  # never met: not in the model
 
 
 def test_exclusions_and_seen_flag(tiny_result):
@@ -74,7 +104,7 @@ def test_exclusions_and_seen_flag(tiny_result):
     assert seen & {c["item_id"] for c in with_seen}
 
 
-def test_unknown_and_cold_users_get_trending_items(tiny_result):
+def test_unknown_and_cold_users_get_popular_items(tiny_result):
     model = tiny_result.retrieval
     found = model.retrieve("nobody-knows-me", 10)
     assert [c["source"] for c in found] == ["popular"] * 10
@@ -100,40 +130,3 @@ def test_save_load_round_trip_after_moving(tiny_result, tmp_path):
     assert loaded.retrieve(user_id, 30) == model.retrieve(user_id, 30)
     item = model.items.ids[3]
     assert loaded.similar_items(item, 5) == model.similar_items(item, 5)
-
-
-def _log(ages_days: list[float], item_ids: list[str], as_of: pd.Timestamp) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "user_id": [f"u{i}" for i in range(len(ages_days))],
-            "item_id": item_ids,
-            "timestamp": [as_of - pd.Timedelta(days=age) for age in ages_days],
-            "event": "view",
-            "weight": 1.0,
-        }
-    )
-
-
-def test_trending_window_widens_on_a_sparse_log():
-    """A log with one event in the last 14 days (MovieLens over 22 years) still builds the
-    popular list from a tenth of its events, not from that single event."""
-    as_of = pd.Timestamp("2026-01-01", tz="UTC")
-    items = Vocabulary(["old-hit", "other", "lone-recent"])
-    ages = [1.0] + [300.0 + i for i in range(60)] + [900.0 + i for i in range(40)]
-    ids = ["lone-recent"] + ["old-hit"] * 45 + ["other"] * 15 + ["other"] * 40
-    history = _log(ages, ids, as_of)
-    config = RetrievalConfig()
-    age_days = np.array(ages)
-    assert trending_window_days(age_days, config) == pytest.approx(np.quantile(ages, 0.1))
-    assert trending_window_days(age_days, config) > config.trending_days
-    order, scores = trending_items(history, items, as_of, config)
-    assert set(items.ids[order].tolist()) == {"lone-recent", "old-hit"}
-    assert scores[0] == pytest.approx(1.0) and (np.diff(scores) <= 0).all()
-    # With the old fixed window the lone recent event would have been the whole list.
-    fixed = RetrievalConfig(trending_min_share=0.0)
-    assert items.ids[trending_items(history, items, as_of, fixed)[0]].tolist() == ["lone-recent"]
-
-
-def test_trending_window_keeps_the_configured_days_on_a_dense_log():
-    ages = np.linspace(0.0, 60.0, 600)
-    assert trending_window_days(ages, RetrievalConfig()) == 14.0
