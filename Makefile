@@ -17,7 +17,7 @@ export RECSYS_BASE_IMAGE
 export OPENBLAS_NUM_THREADS ?= 1
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup tools containers image data train run evaluate test test-unit lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak bench audit retrain-demo
+.PHONY: help setup tools containers image data train run evaluate test test-unit lint format clean manifests test-helm e2e-kind serve rehearse-canary test-rollout loadtest loadtest-capacity test-resilience soak bench audit retrain-demo relevance
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -55,6 +55,9 @@ run: setup ## The main job: data + train (when no model is stored), then serve o
 
 retrain-demo: setup ## Continuous-training loop locally: serve, new day, retrain, gate, preflight, canary (dry run), broken day refused
 	BENTOML_HOME=$(CURDIR)/reports/retrain-demo/bentoml $(PY) -m recsys.ops.retrain_demo --workdir reports/retrain-demo
+
+relevance: data ## Baselines vs single sources vs two-stage on MovieLens (../shared/data) and the synthetic data, both protocols: reports/relevance/
+	$(PY) -m recsys.ops.relevance --data $(DATA) --out reports/relevance
 
 evaluate: setup ## Evaluate the latest stored models on $(DATA)'s test window
 	$(BIN)/recsys evaluate --data $(DATA)
