@@ -28,7 +28,7 @@ def test_pipeline_produces_all_models_and_slices(tiny_result):
     assert by_source["retrieval"] == metrics["candidate_recall@100"]
     assert by_source["retrieval"] >= max(by_source["ann"], by_source["popularity"]) - 0.02
     stages = {trial["stage"] for trial in metrics["tuning"]["trials"]}
-    assert {"popularity", "item-item", "als", "fusion", "ranker"} <= stages
+    assert {"popularity", "item-item", "als", "merge", "order", "ranker"} <= stages
     assert set(tiny_result.timings) >= {"validate", "ranker", "evaluate"}
 
 

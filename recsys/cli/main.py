@@ -158,6 +158,12 @@ def train(
     candidates: Annotated[int, typer.Option(min=10, max=2000)] = 200,
     max_reject_ratio: Annotated[float, typer.Option(min=0, max=1)] = 0.05,
     seed: Annotated[int, typer.Option()] = 0,
+    tune: Annotated[
+        bool, typer.Option(help="Search the sources' and ranker's settings on validation")
+    ] = True,
+    tune_budget: Annotated[
+        float, typer.Option(min=0, help="Seconds for the trials that refit a model")
+    ] = 15.0,
     save: Annotated[bool, typer.Option(help="Store models in the BentoML model store")] = True,
 ) -> None:
     """Train retrieval and ranking, evaluate them on the held-out window, store the models."""
@@ -185,6 +191,7 @@ def train(
         ),
         retrieval=replace(base.retrieval, num_candidates=candidates),
         ranker=replace(base.ranker, seed=seed),
+        tuning=replace(base.tuning, enabled=tune, budget_seconds=tune_budget),
     )
     interactions, catalog = _load(data, movielens)
     result = train_pipeline(

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 
 from recsys.model.data import schema
-from recsys.model.metrics import evaluate_lists, recall_at_k
+from recsys.model.metrics import evaluate_lists, mean_recall
 from recsys.model.ranking import Ranker, candidate_features
 from recsys.model.retrieval import Candidates, RetrievalModel
-from recsys.model.sources import SOURCE_ANN, SOURCE_ITEM, SOURCE_POPULAR, top_items
+from recsys.model.sources import SOURCE_ANN, SOURCE_ITEM, SOURCE_POPULAR
 
 # Every evaluated model. `popularity` is the served popular list (cold users, fallbacks);
 # `ann` and `item_item` are one source alone (the popular list where it has nothing for a
@@ -99,7 +99,8 @@ def recommend_all(
     """Top-k lists from every model for every user (seen items excluded), and each source's
     candidate list (and the fused one, `retrieval`) at `num_candidates`."""
     user_indices = [retrieval.users.index_of(u) for u in user_ids]
-    all_time = np.bincount(retrieval.seen.indices, minlength=len(retrieval.items)).astype(float)
+    all_time = np.bincount(retrieval.seen.indices, minlength=len(retrieval.items))
+    all_time_order = np.argsort(-all_time, kind="stable")
     lists: dict[str, list[np.ndarray]] = {name: [] for name in MODELS}
     pools: dict[str, list[np.ndarray]] = {name: [] for name in (*_SOURCE_MODELS, "retrieval")}
     fused: list[Candidates] = []
@@ -116,7 +117,8 @@ def recommend_all(
             lists[model].append(pool[:k])
         pools["retrieval"].append(candidates.item_idx)
         lists["retrieval"].append(candidates.item_idx[:k])
-        lists["popularity_all_time"].append(top_items(all_time, blocked, k))
+        head = all_time_order[: k + len(blocked)]
+        lists["popularity_all_time"].append(head[~np.isin(head, blocked)][:k])
     ranker_users = [ranker.users.index_of(u) for u in user_ids]
     lists["two_stage"] = [order[:k] for order in rank_candidates(ranker, ranker_users, fused)]
     return lists, pools
@@ -154,14 +156,9 @@ def evaluate_models(
             for name, ranked in to_lists.items()
         }
 
-    def mean_recall(pool: list[np.ndarray]) -> float:
-        recalls = [
-            recall_at_k(p.tolist(), rel, num_candidates)
-            for p, rel in zip(pool, evaluation.relevant, strict=True)
-        ]
-        return round(float(np.mean(recalls)), 5) if recalls else 0.0
-
-    source_recall = {name: mean_recall(pool) for name, pool in pools.items()}
+    source_recall = {
+        name: round(mean_recall(pool, evaluation.relevant), 5) for name, pool in pools.items()
+    }
     return {
         "ks": list(ks),
         "users": len(evaluation.user_ids),

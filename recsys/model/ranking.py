@@ -27,15 +27,15 @@ class RankerConfig:
 
     objective: str = "rank:ndcg"
     pair_method: str = "mean"
-    n_estimators: int = 600
+    n_estimators: int = 250
     max_depth: int = 4
     learning_rate: float = 0.05
     min_child_weight: float = 20.0
     subsample: float = 0.8
     colsample_bytree: float = 0.9
     early_stopping_rounds: int = 30
-    pairs_per_sample: int = 8
-    max_training_users: int = 4000
+    pairs_per_sample: int = 4
+    max_training_users: int = 3000
     eval_share: float = 0.15
     seed: int = 0
 

@@ -176,7 +176,7 @@ def model_card(summary: dict) -> str:
         f"- Retrieval: {summary['config']['embedding']['algorithm'].upper()} embeddings "
         f"({summary['config']['embedding']['factors']} factors) + ScaNN "
         f"({metrics['index']['index']}), {metrics['index'].get('item_item', 'no')} item-item "
-        "and popularity, merged by reciprocal-rank fusion; popularity for cold users"
+        "and popularity, merged (tuned shares, reciprocal-rank order); popularity for cold users"
         + (f"; tag `{tags['retrieval']}`" if "retrieval" in tags else ""),
         "- Ranking: XGBoost LambdaMART (`rank:ndcg`) over retrieved candidates"
         + (f"; tag `{tags['ranking']}`" if "ranking" in tags else ""),

@@ -1,5 +1,6 @@
 """Candidate retrieval: ALS/BPR embeddings in ScaNN indexes, an item-item source and
-popularity, merged by reciprocal-rank fusion; cold and unknown users get the popular list.
+popularity, merged by shares and ordered by reciprocal-rank fusion; cold and unknown users get
+the popular list.
 
 `RetrievalModel` is plain Python + NumPy + ScaNN (no serving framework): the Retrieval service,
 training and evaluation all call the same `retrieve` code.
@@ -33,8 +34,9 @@ from recsys.model.sources import (
     SOURCE_POPULAR,
     ItemItemConfig,
     ItemItemModel,
+    PopularityDefinition,
     fit_item_item,
-    fuse_lists,
+    merge_lists,
     popularity_scores,
     recent_items,
     top_items,
@@ -79,19 +81,25 @@ class IndexConfig:
 class RetrievalConfig:
     """How candidates are gathered at request time, and the popularity list's definition.
 
-    Each source proposes up to `num_candidates` items; weighted reciprocal-rank fusion
-    (weight / (rrf_k + rank)) keeps the best `num_candidates` of their union. Popularity is
-    `recency_weight` x decayed counts (half-life in days) + the rest x all-time counts.
+    Each source proposes up to `num_candidates` items. The ALS index gives the first
+    `ann_share` of the candidates, item-item the next `item_share`, popularity the rest
+    (`merge_lists`); they are ordered by weighted reciprocal-rank fusion (weight / (rrf_k +
+    rank)). Popularity: `PopularityDefinition` from the `trending_*` and all-time fields.
     """
 
     num_candidates: int = 200
     cold_user_max_events: int = 2
+    ann_share: float = 0.6
+    item_share: float = 0.2
     ann_weight: float = 1.0
     item_weight: float = 1.0
     popular_weight: float = 0.5
     rrf_k: float = 60.0
-    popular_half_life_days: float | None = 3.0
-    popular_recency_weight: float = 1.0
+    trending_days: float = 14.0
+    trending_half_life_days: float = 3.0
+    # The window widens (half-life alike) until it holds this share of the log's events.
+    trending_min_share: float = 0.1
+    popular_all_time_weight: float = 0.0
     popular_list_size: int = 2000
 
     @property
@@ -101,6 +109,19 @@ class RetrievalConfig:
             SOURCE_ITEM: self.item_weight,
             SOURCE_POPULAR: self.popular_weight,
         }
+
+    @property
+    def shares(self) -> dict[str, float]:
+        return {SOURCE_ANN: self.ann_share, SOURCE_ITEM: self.item_share}
+
+    @property
+    def popularity(self) -> PopularityDefinition:
+        return PopularityDefinition(
+            self.trending_days,
+            self.trending_half_life_days,
+            self.trending_min_share,
+            self.popular_all_time_weight,
+        )
 
 
 def interaction_matrix(
@@ -430,18 +451,20 @@ class RetrievalModel:
         ANN for warm users, item-item for users with a profile, popularity for everyone.
         """
         lists: dict[str, np.ndarray] = {}
+        mask = np.zeros(len(self.items), dtype=bool)
+        mask[blocked] = True
         if not self.is_cold(user_idx):
             with tracer.start_as_current_span("ann_search") as span:
                 found, _ = self._ann(self.user_factors[user_idx], k + len(blocked))
-                lists[SOURCE_ANN] = found[~np.isin(found, blocked)][:k]
+                lists[SOURCE_ANN] = found[~mask[found]][:k]
                 set_attributes(span, requested=k, searched=len(found))
         with tracer.start_as_current_span("item_item_candidates") as span:
             item_scores, recent_scores = self.item_item_scores(user_idx)
             if item_scores is not None:
-                lists[SOURCE_ITEM] = top_items(item_scores, blocked, k)
+                lists[SOURCE_ITEM] = top_items(item_scores, mask, k)
             set_attributes(span, found=len(lists.get(SOURCE_ITEM, ())))
         with tracer.start_as_current_span("popular_candidates") as span:
-            lists[SOURCE_POPULAR] = self.popular_idx[~np.isin(self.popular_idx, blocked)][:k]
+            lists[SOURCE_POPULAR] = self.popular_idx[~mask[self.popular_idx]][:k]
             set_attributes(span, cold_user=self.is_cold(user_idx))
         return SourceLists(lists, item_scores, recent_scores)
 
@@ -475,9 +498,9 @@ class RetrievalModel:
         return blocked
 
     def fuse(self, user_idx: int, found: SourceLists, k: int) -> Candidates:
-        """The fused top k of a user's source lists, with provenance and signals."""
-        item_idx, scores, provenance = fuse_lists(
-            found.lists, self.config.fusion_weights, k, self.config.rrf_k
+        """The merged k candidates of a user's source lists, with provenance and signals."""
+        item_idx, scores, provenance = merge_lists(
+            found.lists, self.config.shares, self.config.fusion_weights, k, self.config.rrf_k
         )
         return Candidates(item_idx, scores, provenance, self.signals(user_idx, item_idx, found, k))
 
@@ -664,9 +687,7 @@ def train_retrieval(
         user_factors, item_factors, neighbours = fitted
         if user_factors.shape[0] != len(users) or neighbours.n_items != len(items):
             raise ValueError("fitted models do not match this history")
-    popularity = popularity_scores(
-        history, items, as_of, config.popular_half_life_days, config.popular_recency_weight
-    ).astype(np.float32)
+    popularity = popularity_scores(history, items, as_of, config.popularity).astype(np.float32)
     popular_idx, popular_scores = popular_ranking(popularity, config.popular_list_size)
     item_item_stats = {
         "item_item": neighbours.method,

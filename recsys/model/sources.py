@@ -1,5 +1,6 @@
 """Candidate sources beside the ALS index: item-item (EASE or item-kNN) and popularity, and
-the reciprocal-rank fusion that merges every source's list into one, with provenance.
+the merge of every source's list into one candidate list, with provenance, ordered by
+reciprocal-rank fusion.
 
 Pure NumPy/SciPy: training, evaluation and the Retrieval service call the same functions.
 """
@@ -52,6 +53,7 @@ class ItemItemConfig:
     min_support: int = 3
     neighbours: int = 200
     shrink: float = 10.0
+    knn_max_user_items: int = 300
     profile_half_life_days: float | None = None
     recent_items: int = 5
 
@@ -131,13 +133,35 @@ def binary_matrix(matrix: sp.csr_matrix) -> sp.csr_matrix:
     return binary
 
 
-def item_gram(user_items: sp.csr_matrix, min_support: int) -> tuple[np.ndarray, sp.csr_matrix]:
-    """Active items (at least `min_support` users) and their co-occurrence counts."""
+def item_support(user_items: sp.csr_matrix) -> np.ndarray:
+    """Users per item."""
     binary = binary_matrix(user_items)
-    support = np.bincount(binary.indices, minlength=binary.shape[1])
-    active = np.flatnonzero(support >= max(min_support, 1))
-    restricted = binary.tocsc()[:, active].tocsr()
-    return active, (restricted.T @ restricted).tocsr()
+    return np.bincount(binary.indices, minlength=binary.shape[1])
+
+
+def cap_user_items(user_items: sp.csr_matrix, max_items: int) -> sp.csr_matrix:
+    """Each user's `max_items` strongest interactions (ties: catalog order): the few very
+    heavy users would otherwise dominate the co-occurrence counts, and their cost, which
+    grows with the square of a history."""
+    matrix = user_items.tocsr(copy=True)
+    lengths = np.diff(matrix.indptr)
+    for user in np.flatnonzero(lengths > max_items):
+        start, end = matrix.indptr[user], matrix.indptr[user + 1]
+        segment = matrix.data[start:end]
+        weakest = np.argsort(-segment, kind="stable")[max_items:]
+        segment[weakest] = 0.0
+    matrix.eliminate_zeros()
+    return matrix
+
+
+def item_gram(
+    user_items: sp.csr_matrix, active: np.ndarray, max_user_items: int | None = None
+) -> sp.csr_matrix:
+    """Co-occurrence counts (users in common) of the active items, optionally over each
+    user's `max_user_items` strongest interactions only."""
+    matrix = user_items if max_user_items is None else cap_user_items(user_items, max_user_items)
+    restricted = binary_matrix(matrix).tocsc()[:, active].tocsr()
+    return (restricted.T @ restricted).tocsr()
 
 
 def ease_weights(gram: sp.csr_matrix, ease_lambda: float) -> np.ndarray:
@@ -182,11 +206,16 @@ def fit_item_item(
     """Fit the item-item source on a user x item matrix (values are read as 0/1).
 
     Args:
-        user_items: the history, users x catalog items.
+        user_items: the history, users x catalog items (values: interaction strength).
         config: method and its parameters.
-        gram: `item_gram(user_items, config.min_support)` when the caller already has it.
+        gram: `(active, item_gram(...))` when the caller already has them for this method.
     """
-    active, counts = gram if gram is not None else item_gram(user_items, config.min_support)
+    if gram is None:
+        active = np.flatnonzero(item_support(user_items) >= max(config.min_support, 1))
+        method = choose_method(len(active), config)
+        cap = config.knn_max_user_items if method == "knn" else None
+        gram = active, item_gram(user_items, active, cap)
+    active, counts = gram
     method = choose_method(len(active), config)
     if method == "ease":
         weights: np.ndarray | sp.csr_matrix = ease_weights(counts, config.ease_lambda)
@@ -243,71 +272,127 @@ def recent_items(history: pd.DataFrame, users: Vocabulary, items: Vocabulary, co
     return out
 
 
-def popularity_scores(
-    history: pd.DataFrame,
-    items: Vocabulary,
-    as_of: pd.Timestamp,
-    half_life_days: float | None,
-    recency_weight: float,
-) -> np.ndarray:
-    """Popularity of every item: a blend of all-time and recency-decayed weighted events.
+def trending_window_days(age_days: np.ndarray, days: float, min_share: float) -> float:
+    """The trending window: `days`, widened until it holds `min_share` of the events, so a
+    sparse log (MovieLens: a few ratings a day over 22 years) still ranks on enough events; a
+    dense one (the synthetic log) keeps the configured window."""
+    past = age_days[age_days >= 0]
+    if not len(past):
+        return days
+    return max(days, float(np.quantile(past, min_share)))
 
-    `recency_weight` 0 is all-time counts; 1 is the decayed counts alone (half-life in days).
-    Both parts are normalised to shares first, so the blend does not depend on the log's size.
+
+@dataclass(frozen=True)
+class PopularityDefinition:
+    """Popularity = (1 - all_time_weight) x trending share + all_time_weight x all-time share.
+
+    Trending is event weight decayed with `half_life_days` over the last `days` (both widened
+    alike by `trending_window_days` on a sparse log); shares make the blend independent of
+    the log's size.
     """
+
+    days: float = 14.0
+    half_life_days: float = 3.0
+    min_share: float = 0.1
+    all_time_weight: float = 0.0
+
+
+def popularity_scores(
+    history: pd.DataFrame, items: Vocabulary, as_of: pd.Timestamp, definition: PopularityDefinition
+) -> np.ndarray:
+    """Popularity of every catalog item at `as_of` (shares of the log's weight, float64)."""
     item_idx = items.lookup(history[schema.ITEM_ID])
     known = item_idx >= 0
     weights = history[schema.WEIGHT].to_numpy(dtype=np.float64)[known]
     item_idx = item_idx[known]
     all_time = np.bincount(item_idx, weights=weights, minlength=len(items))
     all_time /= max(all_time.sum(), 1e-12)
-    if half_life_days is None or recency_weight <= 0.0:
-        return all_time
     as_of_s = to_epoch_seconds(pd.Series([as_of]))[0]
     age = (as_of_s - to_epoch_seconds(history[schema.TIMESTAMP])[known]) / _DAY_S
-    decayed = np.bincount(
-        item_idx,
-        weights=weights * np.exp2(-np.maximum(age, 0.0) / half_life_days),
+    window = trending_window_days(age, definition.days, definition.min_share)
+    half_life = definition.half_life_days * window / definition.days
+    recent = (age >= 0) & (age <= window)
+    trending = np.bincount(
+        item_idx[recent],
+        weights=weights[recent] * np.exp2(-age[recent] / half_life),
         minlength=len(items),
     )
-    decayed /= max(decayed.sum(), 1e-12)
-    return (1.0 - recency_weight) * all_time + recency_weight * decayed
+    if trending.sum() <= 0:  # no event in the window at all: all-time counts
+        return all_time
+    trending /= trending.sum()
+    return (1.0 - definition.all_time_weight) * trending + definition.all_time_weight * all_time
 
 
 def top_items(scores: np.ndarray, blocked: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best-scoring items with a positive score, not in `blocked`, best first."""
-    scores = scores.copy()
-    scores[blocked] = -np.inf
-    k = min(k, len(scores))
+    """Indices of the k best-scoring items with a positive score, not in `blocked`, best first.
+
+    `blocked` is an index array or a boolean mask over the catalog.
+    """
+    positive = np.flatnonzero(scores > 0)
+    if blocked.dtype == bool:
+        positive = positive[~blocked[positive]]
+    elif len(blocked):
+        positive = positive[~np.isin(positive, blocked)]
+    k = min(k, len(positive))
     if k <= 0:
         return np.empty(0, dtype=np.int64)
-    best = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    best = best[np.argsort(-scores[best], kind="stable")]
-    return best[scores[best] > 0].astype(np.int64)
+    values = scores[positive]
+    best = np.argpartition(-values, k - 1)[:k] if k < len(values) else np.arange(len(values))
+    best = best[np.argsort(-values[best], kind="stable")]
+    return positive[best].astype(np.int64)
 
 
-def fuse_lists(
-    lists: dict[str, np.ndarray], weights: dict[str, float], k: int, rrf_k: float
+def reciprocal_rank_scores(
+    pool: np.ndarray, lists: dict[str, np.ndarray], weights: dict[str, float], rrf_k: float
+) -> np.ndarray:
+    """Weighted reciprocal-rank fusion of each pooled item: sum over the source lists that
+    hold it of weight / (rrf_k + rank), rank counted from 1."""
+    fused = np.zeros(len(pool), dtype=np.float64)
+    for name, ranked in lists.items():
+        if not len(ranked):
+            continue
+        sorter = np.argsort(ranked, kind="stable")
+        at = np.clip(np.searchsorted(ranked, pool, sorter=sorter), 0, len(ranked) - 1)
+        hit = ranked[sorter[at]] == pool
+        fused[hit] += weights.get(name, 1.0) / (rrf_k + 1.0 + sorter[at][hit])
+    return fused
+
+
+def merge_lists(
+    lists: dict[str, np.ndarray],
+    shares: dict[str, float],
+    weights: dict[str, float],
+    k: int,
+    rrf_k: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted reciprocal-rank fusion: sum over sources of weight / (rrf_k + rank).
+    """Merge source lists into k candidates with provenance, in reciprocal-rank order.
+
+    Each source in `shares` gives its first round(k x share) items not taken yet (in `SOURCES`
+    order); popular items fill the rest, then whatever the other lists still hold. A source
+    that has nothing for this user leaves its share to the next one. The pool is then ordered by
+    `reciprocal_rank_scores`.
 
     Returns:
-        The k best items, their fused scores, and each one's provenance: the source whose
-        term contributed most (ties go to the earlier source in `SOURCES`).
+        Item indices, fused scores and provenance (the source that contributed each item).
     """
-    names = [name for name in SOURCES if name in lists and len(lists[name])]
-    if not names:
-        return np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, dtype=object)
-    items = np.concatenate([lists[name] for name in names])
-    contribution = np.concatenate(
-        [weights.get(name, 1.0) / (rrf_k + 1.0 + np.arange(len(lists[name]))) for name in names]
-    )
-    source = np.concatenate([np.full(len(lists[name]), pos) for pos, name in enumerate(names)])
-    unique, inverse = np.unique(items, return_inverse=True)
-    fused = np.bincount(inverse, weights=contribution, minlength=len(unique))
-    # The strongest term per item: sort by (item, -contribution, source) and take the first.
-    order = np.lexsort((source, -contribution, inverse))
-    first = order[np.r_[True, inverse[order][1:] != inverse[order][:-1]]]
-    provenance = np.asarray(names, dtype=object)[source[first]]
-    best = np.argsort(-fused, kind="stable")[:k]
-    return unique[best].astype(np.int64), fused[best].astype(np.float32), provenance[best]
+    taken: dict[int, str] = {}
+
+    def take(name: str, limit: int) -> None:
+        for item in lists.get(name, np.empty(0, np.int64)).tolist():
+            if len(taken) >= limit:
+                return
+            if item not in taken:
+                taken[item] = name
+
+    quota = 0
+    for name in SOURCES:
+        if name in shares and name != SOURCE_POPULAR:
+            quota += round(k * shares[name])
+            take(name, min(quota, k))
+    for name in (SOURCE_POPULAR, *SOURCES):
+        take(name, k)
+    pool = np.fromiter(taken.keys(), dtype=np.int64, count=len(taken))
+    provenance = np.asarray(list(taken.values()), dtype=object)
+    fused = reciprocal_rank_scores(pool, lists, weights, rrf_k)
+    order = np.argsort(-fused, kind="stable")
+    return pool[order], fused[order].astype(np.float32), provenance[order]

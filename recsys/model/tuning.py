@@ -2,9 +2,11 @@
 
 Every trial fits on the train window and is scored on users of the validation window (items
 they had not met before); the test window is never read. Stages run in order, each starting
-from the best settings so far: popularity, item-item, ALS, fusion weights. The first trial of a
-stage (the current settings) always runs; later ones only while the budget lasts. Exact scoring
-(no ScaNN) keeps trials cheap; the chosen values are then trained as usual.
+from the best settings so far: popularity, item-item, ALS, the sources' shares of the
+candidates, their order. Stages that refit a model per trial (item-item, ALS) run their first
+trial (the current settings) always and the others only while the budget lasts; the cheap
+stages run whole. Exact scoring (no ScaNN) keeps trials cheap; the chosen values are then
+trained as usual.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys.model.data import schema
-from recsys.model.metrics import ndcg_at_k, recall_at_k
+from recsys.model.metrics import evaluate_lists, mean_recall
 from recsys.model.retrieval import (
     EmbeddingConfig,
     RetrievalConfig,
@@ -34,22 +36,22 @@ from recsys.model.sources import (
     ItemItemModel,
     choose_method,
     fit_item_item,
-    fuse_lists,
     item_gram,
+    item_support,
+    merge_lists,
     popularity_scores,
     user_profiles,
 )
 from recsys.model.vocab import Vocabulary
 
-# (half-life in days or None, recency weight): all-time counts, decayed counts, blends.
-POPULARITY_GRID: tuple[tuple[float | None, float], ...] = (
+# (trending half-life in days, all-time weight): trending, blends, all-time counts (1.0).
+POPULARITY_GRID: tuple[tuple[float, float], ...] = (
+    (3.0, 0.0),
+    (7.0, 0.0),
+    (3.0, 0.25),
+    (3.0, 0.5),
+    (7.0, 0.5),
     (3.0, 1.0),
-    (None, 0.0),
-    (7.0, 1.0),
-    (30.0, 1.0),
-    (90.0, 1.0),
-    (30.0, 0.5),
-    (365.0, 0.5),
 )
 EASE_LAMBDAS: tuple[float, ...] = (200.0, 50.0, 100.0, 400.0, 800.0)
 KNN_GRID: tuple[tuple[int, float], ...] = ((200, 10.0), (100, 10.0), (400, 10.0), (200, 100.0))
@@ -61,14 +63,22 @@ ALS_GRID: tuple[dict[str, Any], ...] = (
     {"regularization": 1.0, "alpha": 20.0},
     {"alpha": 2.0},
 )
-FUSION_GRID: tuple[tuple[float, float, float], ...] = (
+# (ALS share, item-item share) of the candidates; popularity fills the rest.
+SHARE_GRID: tuple[tuple[float, float], ...] = tuple(
+    (ann, item)
+    for ann in (0.0, 0.1, 0.3, 0.6)
+    for item in (0.0, 0.2, 0.4, 0.6)
+    if ann + item <= 1.0
+)
+# Reciprocal-rank weights (ALS, item-item, popularity) that order the candidates.
+ORDER_GRID: tuple[tuple[float, float, float], ...] = (
     (1.0, 1.0, 0.5),
     (1.0, 1.0, 0.0),
     (1.0, 1.0, 1.0),
     (0.5, 1.0, 0.5),
     (1.0, 0.5, 0.5),
-    (0.5, 1.0, 0.25),
-    (1.0, 2.0, 0.5),
+    (0.5, 1.0, 1.0),
+    (0.25, 0.5, 1.0),
 )
 _CHUNK = 500
 
@@ -78,7 +88,7 @@ class TuningConfig:
     """Whether to search, for how long, and on how many validation users."""
 
     enabled: bool = True
-    budget_seconds: float = 25.0
+    budget_seconds: float = 15.0
     max_users: int = 1000
     k: int = 10
 
@@ -189,10 +199,9 @@ class _Validation:
 
     def measure(self, lists: list[np.ndarray]) -> tuple[float, float]:
         """Mean NDCG@k and recall@n of per-user lists."""
-        pairs = list(zip(lists, self.relevant, strict=True))
-        ndcg = [ndcg_at_k(x[: self.k].tolist(), r, self.k) for x, r in pairs]
-        recall = [recall_at_k(x.tolist(), r, self.n) for x, r in pairs]
-        return round(float(np.mean(ndcg)), 5), round(float(np.mean(recall)), 5)
+        ndcg = evaluate_lists(lists, self.relevant, [self.k], 1)[f"ndcg@{self.k}"]
+        recall = mean_recall([x[: self.n] for x in lists], self.relevant)
+        return round(ndcg, 5), round(recall, 5)
 
 
 def _profile_scorer(
@@ -221,10 +230,11 @@ def tune_sources(
     config: TuningConfig,
     seed: int = 0,
 ) -> TuningResult:
-    """Search popularity, item-item, ALS and fusion settings; returns the best of each.
+    """Search popularity, item-item, ALS and merge settings; returns the best of each.
 
-    Selection is by validation NDCG@k for each source and by candidate recall@num_candidates
-    (NDCG as tie-break) for the fusion weights: the ranker can only reorder what is fused.
+    Selection is by validation NDCG@k, except the sources' shares of the candidates: by
+    candidate recall@num_candidates (NDCG as tie-break), since the ranker can only reorder
+    what was retrieved.
     """
     started = time.perf_counter()
     data = _Validation(train, validation, items, config, retrieval.num_candidates, seed)
@@ -235,16 +245,21 @@ def tune_sources(
     def over_budget() -> bool:
         return time.perf_counter() - started > config.budget_seconds
 
-    def run_stage(stage: str, candidates: list[tuple[dict, Callable[[], list[np.ndarray]]]]):
-        """Try each candidate (params, lists) while the budget lasts; the best params."""
+    def run_stage(
+        stage: str,
+        candidates: list[tuple[dict, Callable[[], list[np.ndarray]]]],
+        budgeted: bool = False,
+    ):
+        """Try each candidate (params, lists); a budgeted stage (one that refits a model per
+        trial) only while the budget lasts. Returns the best params and their lists."""
         best: tuple[tuple[float, float], dict, list[np.ndarray]] | None = None
         for position, (params, make_lists) in enumerate(candidates):
-            if position and over_budget():
+            if budgeted and position and over_budget():
                 break
             start = time.perf_counter()
             lists = make_lists()
             ndcg, recall = data.measure(lists)
-            key = (recall, ndcg) if stage == "fusion" else (ndcg, recall)
+            key = (recall, ndcg) if stage == "merge" else (ndcg, recall)
             trials.append(Trial(stage, params, ndcg, recall, round(time.perf_counter() - start, 2)))
             if best is None or key > best[0]:
                 best = (key, params, lists)
@@ -255,27 +270,31 @@ def tune_sources(
         return best[1], best[2]
 
     # Popularity: one score per item, the same list for every user.
-    def popular_lists(half_life: float | None, weight: float) -> Callable[[], list[np.ndarray]]:
+    def popular_lists(half_life: float, weight: float) -> Callable[[], list[np.ndarray]]:
         def make() -> list[np.ndarray]:
-            return data.shared_top_lists(popularity_scores(train, items, as_of, half_life, weight))
+            option = replace(
+                retrieval, trending_half_life_days=half_life, popular_all_time_weight=weight
+            )
+            return data.shared_top_lists(popularity_scores(train, items, as_of, option.popularity))
 
         return make
 
-    grid = [(retrieval.popular_half_life_days, retrieval.popular_recency_weight)]
+    grid = [(retrieval.trending_half_life_days, retrieval.popular_all_time_weight)]
     grid += [point for point in POPULARITY_GRID if point != grid[0]]
     chosen, popular = run_stage(
         "popularity",
-        [({"half_life_days": h, "recency_weight": w}, popular_lists(h, w)) for h, w in grid],
+        [
+            ({"trending_half_life_days": h, "popular_all_time_weight": w}, popular_lists(h, w))
+            for h, w in grid
+        ],
     )
-    retrieval = replace(
-        retrieval,
-        popular_half_life_days=chosen["half_life_days"],
-        popular_recency_weight=chosen["recency_weight"],
-    )
+    retrieval = replace(retrieval, **chosen)
 
     # Item-item: the weights first (one Gram matrix for all), then the profile's recency.
-    gram = item_gram(data.matrix, item_item.min_support)
-    method = choose_method(len(gram[0]), item_item)
+    active = np.flatnonzero(item_support(data.matrix) >= max(item_item.min_support, 1))
+    method = choose_method(len(active), item_item)
+    cap = item_item.knn_max_user_items if method == "knn" else None
+    gram = active, item_gram(data.matrix, active, cap)
     fitted: dict[str, Any] = {}
     profiles = user_profiles(train, data.users, items, as_of, item_item.profile_half_life_days)
 
@@ -300,6 +319,7 @@ def tune_sources(
     chosen, _ = run_stage(
         "item-item",
         [(d, item_lists(o, profiles)) for d, o in zip(describe, options, strict=True)],
+        budgeted=True,
     )
     item_item = by_params[str(chosen)]
     best_model = fitted[str(asdict(item_item))]
@@ -341,19 +361,20 @@ def tune_sources(
         for o in als_options
     ]
     chosen, ann_pool = run_stage(
-        "als", [(p, als_lists(o)) for p, o in zip(als_params, als_options, strict=True)]
+        "als",
+        [(p, als_lists(o)) for p, o in zip(als_params, als_options, strict=True)],
+        budgeted=True,
     )
     embedding = replace(embedding, **chosen)
 
-    # Fusion weights over the chosen sources' lists.
-    def fused_lists(weights: tuple[float, float, float]) -> Callable[[], list[np.ndarray]]:
-        named = dict(zip((SOURCE_ANN, SOURCE_ITEM, SOURCE_POPULAR), weights, strict=True))
-
+    # Merging: the sources' shares of the pool (recall), then the order within it (NDCG).
+    def merged_lists(shares: dict[str, float], weights: dict[str, float]):
         def make() -> list[np.ndarray]:
             return [
-                fuse_lists(
+                merge_lists(
                     {SOURCE_ANN: a, SOURCE_ITEM: i, SOURCE_POPULAR: p},
-                    named,
+                    shares,
+                    weights,
                     data.n,
                     retrieval.rrf_k,
                 )[0]
@@ -362,12 +383,28 @@ def tune_sources(
 
         return make
 
-    current = (retrieval.ann_weight, retrieval.item_weight, retrieval.popular_weight)
-    weights = [current] + [w for w in FUSION_GRID if w != current]
+    points = [(retrieval.ann_share, retrieval.item_share)]
+    points += [point for point in SHARE_GRID if point != points[0]]
     chosen, _ = run_stage(
-        "fusion",
+        "merge",
         [
-            ({"ann_weight": a, "item_weight": i, "popular_weight": p}, fused_lists((a, i, p)))
+            (
+                {"ann_share": a, "item_share": i},
+                merged_lists({SOURCE_ANN: a, SOURCE_ITEM: i}, retrieval.fusion_weights),
+            )
+            for a, i in points
+        ],
+    )
+    retrieval = replace(retrieval, **chosen)
+    current = (retrieval.ann_weight, retrieval.item_weight, retrieval.popular_weight)
+    weights = [current] + [w for w in ORDER_GRID if w != current]
+    chosen, _ = run_stage(
+        "order",
+        [
+            (
+                {"ann_weight": a, "item_weight": i, "popular_weight": p},
+                merged_lists(retrieval.shares, {SOURCE_ANN: a, SOURCE_ITEM: i, SOURCE_POPULAR: p}),
+            )
             for a, i, p in weights
         ],
     )
@@ -380,6 +417,6 @@ def tune_sources(
         trials,
         len(data.user_idx),
         time.perf_counter() - started,
-        f"ndcg@{config.k} per source; recall@{data.n} for fusion",
+        f"ndcg@{config.k}; recall@{data.n} for the merge shares",
         FittedSources(best_model, user_factors, item_factors),
     )

@@ -11,10 +11,12 @@ from sklearn.metrics import (
 )
 
 from recsys.model.metrics import (
+    METRICS,
     average_precision_at_k,
     catalog_coverage,
     evaluate_lists,
     hit_rate_at_k,
+    mean_recall,
     ndcg_at_k,
     precision_at_k,
     recall_at_k,
@@ -98,3 +100,19 @@ def test_evaluate_lists_averages_users():
     assert out["hit_rate@1"] == 0.5 and out["precision@2"] == 0.25 and out["coverage@2"] == 1.0
     with pytest.raises(ValueError, match="one relevant set"):
         evaluate_lists([[1]], [], ks=[1], catalog_size=1)
+
+
+def test_evaluate_lists_equals_the_per_user_definitions():
+    """The vectorised means equal the means of the per-user functions, short lists and users
+    without relevant items included."""
+    rng = np.random.default_rng(3)
+    lists = [rng.permutation(40)[: rng.integers(0, 25)].tolist() for _ in range(300)]
+    relevant = [set(rng.choice(40, size=rng.integers(0, 8), replace=False).tolist()) for _ in lists]
+    out = evaluate_lists(lists, relevant, ks=[1, 5, 10, 20], catalog_size=40)
+    for k in (1, 5, 10, 20):
+        for name, metric in METRICS.items():
+            expected = np.mean([metric(x, r, k) for x, r in zip(lists, relevant, strict=True)])
+            assert out[f"{name}@{k}"] == pytest.approx(expected, abs=1e-12), (name, k)
+    pools = [np.array(x, dtype=np.int64) for x in lists]
+    expected = np.mean([recall_at_k(x, r, 25) for x, r in zip(lists, relevant, strict=True)])
+    assert mean_recall(pools, relevant) == pytest.approx(expected)

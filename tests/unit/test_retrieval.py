@@ -1,4 +1,7 @@
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -9,7 +12,16 @@ from recsys.model.retrieval import (
     index_kind,
     measure_recall,
 )
-from recsys.model.sources import SIGNAL_NAMES, ItemItemConfig, fit_item_item, fuse_lists
+from recsys.model.sources import (
+    SIGNAL_NAMES,
+    ItemItemConfig,
+    PopularityDefinition,
+    fit_item_item,
+    merge_lists,
+    popularity_scores,
+    trending_window_days,
+)
+from recsys.model.vocab import Vocabulary
 
 
 def test_index_kind_follows_catalog_size():
@@ -45,7 +57,10 @@ def _warm_user(model: RetrievalModel) -> int:
 
 
 def test_warm_user_gets_fused_sources_without_seen_items(tiny_result):
-    model = tiny_result.retrieval
+    # Fixed shares: the tuned ones of the tiny data may leave a source out.
+    trained = tiny_result.retrieval
+    config = dataclasses.replace(trained.config, ann_share=0.4, item_share=0.4)
+    model = dataclasses.replace(trained, config=config)
     user = _warm_user(model)
     found = model.retrieve_indices(user, 50)
     assert len(found) == 50 and len(set(found.item_idx.tolist())) == 50
@@ -65,14 +80,58 @@ def test_warm_user_gets_fused_sources_without_seen_items(tiny_result):
         assert rank == (ann_list.index(item) if item in ann_list else 50)
 
 
-def test_fusion_is_weighted_reciprocal_rank():
-    lists = {"ann": np.array([1, 2, 3]), "item": np.array([3, 4]), "popular": np.array([5])}
+def test_merge_takes_each_share_then_orders_by_reciprocal_rank():
+    lists = {"ann": np.array([1, 2, 3]), "item": np.array([3, 4, 6]), "popular": np.array([5, 1])}
     weights = {"ann": 1.0, "item": 2.0, "popular": 0.5}
-    items, scores, provenance = fuse_lists(lists, weights, k=10, rrf_k=0.0)
-    expected = {1: 1.0, 2: 0.5, 3: 1 / 3 + 2.0, 4: 1.0, 5: 0.5}
-    assert items.tolist() == [3, 1, 4, 2, 5]
+    shares = {"ann": 0.4, "item": 0.2}
+    items, scores, provenance = merge_lists(lists, shares, weights, k=5, rrf_k=0.0)
+    # ALS gives 2 (1, 2), item-item 1 (3), popularity fills (5), then the rest (4).
+    assert set(items.tolist()) == {1, 2, 3, 5, 4}
+    expected = {1: 1.0 + 0.5 / 2, 2: 0.5, 3: 1 / 3 + 2.0, 4: 1.0, 5: 0.5}
+    assert items.tolist() == sorted(expected, key=lambda i: -expected[i])
     np.testing.assert_allclose(scores, [expected[i] for i in items.tolist()])
-    assert provenance.tolist() == ["item", "ann", "item", "ann", "popular"]
+    origin = dict(zip(items.tolist(), provenance.tolist(), strict=True))
+    assert origin == {1: "ann", 2: "ann", 3: "item", 5: "popular", 4: "item"}
+    # A source with nothing for the user leaves its share to the next one.
+    cold = merge_lists({"popular": np.array([5, 1, 7])}, shares, weights, k=2, rrf_k=0.0)
+    assert cold[0].tolist() == [5, 1] and cold[2].tolist() == ["popular", "popular"]
+
+
+def _log(ages_days: list[float], item_ids: list[str], as_of: pd.Timestamp) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in range(len(ages_days))],
+            "item_id": item_ids,
+            "timestamp": [as_of - pd.Timedelta(days=age) for age in ages_days],
+            "event": "view",
+            "weight": 1.0,
+        }
+    )
+
+
+def test_trending_window_widens_on_a_sparse_log():
+    """A log with one event in the last 14 days (MovieLens over 22 years) still builds the
+    popular list from a tenth of its events, not from that single event."""
+    as_of = pd.Timestamp("2026-01-01", tz="UTC")
+    items = Vocabulary(["old-hit", "other", "lone-recent"])
+    ages = [1.0] + [300.0 + i for i in range(60)] + [900.0 + i for i in range(40)]
+    ids = ["lone-recent"] + ["old-hit"] * 45 + ["other"] * 15 + ["other"] * 40
+    history = _log(ages, ids, as_of)
+    window = trending_window_days(np.array(ages), 14.0, 0.1)
+    assert window == pytest.approx(np.quantile(ages, 0.1)) and window > 14.0
+    trending = popularity_scores(history, items, as_of, PopularityDefinition())
+    assert trending[items.index_of("other")] == 0.0
+    assert trending[items.index_of("old-hit")] > 0 and trending.sum() == pytest.approx(1.0)
+    fixed = popularity_scores(history, items, as_of, PopularityDefinition(min_share=0.0))
+    assert fixed.tolist() == [0.0, 0.0, 1.0]  # the fixed window: the lone event is all
+    all_time = popularity_scores(history, items, as_of, PopularityDefinition(all_time_weight=1))
+    np.testing.assert_allclose(all_time, [45 / 101, 55 / 101, 1 / 101])
+    blend = popularity_scores(history, items, as_of, PopularityDefinition(all_time_weight=0.5))
+    np.testing.assert_allclose(blend, 0.5 * trending + 0.5 * all_time)
+
+
+def test_trending_window_keeps_the_configured_days_on_a_dense_log():
+    assert trending_window_days(np.linspace(0.0, 60.0, 600), 14.0, 0.1) == 14.0
 
 
 def test_item_item_ease_and_knn_recover_co_occurrence():
