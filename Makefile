@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 DATA ?= data
 REPORT ?= reports/latest
+MOVIELENS ?= ../shared/data/ml-latest-small
 PYTEST_ARGS ?=
 LOADTEST_ARGS ?=
 SOAK_DURATION ?= 30m
@@ -57,7 +58,7 @@ retrain-demo: setup ## Continuous-training loop locally: serve, new day, retrain
 	BENTOML_HOME=$(CURDIR)/reports/retrain-demo/bentoml $(PY) -m recsys.ops.retrain_demo --workdir reports/retrain-demo
 
 relevance: data ## Baselines vs single sources vs two-stage on MovieLens (../shared/data) and the synthetic data, both protocols: reports/relevance/
-	$(PY) -m recsys.ops.relevance --data $(DATA) --out reports/relevance
+	$(PY) -m recsys.ops.relevance --data $(DATA) --movielens $(MOVIELENS) --out reports/relevance
 
 evaluate: setup ## Evaluate the latest stored models on $(DATA)'s test window
 	$(BIN)/recsys evaluate --data $(DATA)
