@@ -162,7 +162,7 @@ def train(
         bool, typer.Option(help="Search the sources' and ranker's settings on validation")
     ] = True,
     tune_budget: Annotated[
-        float, typer.Option(min=0, help="Seconds for the trials that refit a model")
+        float, typer.Option(min=0, help="Seconds per tuning stage that refits a model per trial")
     ] = 15.0,
     save: Annotated[bool, typer.Option(help="Store models in the BentoML model store")] = True,
 ) -> None:
