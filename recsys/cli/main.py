@@ -163,7 +163,7 @@ def train(
     ] = True,
     tune_budget: Annotated[
         float, typer.Option(min=0, help="Seconds per tuning stage that refits a model per trial")
-    ] = 15.0,
+    ] = 10.0,
     save: Annotated[bool, typer.Option(help="Store models in the BentoML model store")] = True,
 ) -> None:
     """Train retrieval and ranking, evaluate them on the held-out window, store the models."""
