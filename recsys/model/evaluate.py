@@ -24,7 +24,7 @@ LABELS = {
     "popularity": "popularity (served list)",
     "ann": "ALS + ScaNN alone",
     "item_item": "item-item alone",
-    "retrieval": "retrieval only (fused sources)",
+    "retrieval": "retrieval only (merged sources)",
     "two_stage": "two-stage (+ XGBoost ranker)",
 }
 _SOURCE_MODELS = {"ann": SOURCE_ANN, "item_item": SOURCE_ITEM, "popularity": SOURCE_POPULAR}
