@@ -46,7 +46,7 @@ def _plot_slices(metrics: dict, path: Path, metric: str = "ndcg@10") -> None:
         ax.bar(
             [i + offset * width for i in range(len(slices))], values, width, label=_LABELS[model]
         )
-    ax.set_xticks([i + width for i in range(len(slices))])
+    ax.set_xticks([i + width * (len(MODELS) - 1) / 2 for i in range(len(slices))])
     ax.set_xticklabels([f"{s}\n({metrics['slices'][s]['users']} users)" for s in slices])
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} by user slice")
