@@ -1,5 +1,6 @@
 """The whole pipeline on tiny data, and the CLI around it."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -7,9 +8,11 @@ import sys
 
 import pytest
 
+from recsys.model.data import schema
 from recsys.model.evaluate import MODELS
-from recsys.model.pipeline import train_pipeline
+from recsys.model.pipeline import make_split, train_pipeline
 from recsys.model.report import write_report
+from recsys.model.tuning import TuningConfig
 from tests.conftest import tiny_train_config
 
 pytestmark = pytest.mark.integration
@@ -27,9 +30,27 @@ def test_pipeline_produces_all_models_and_slices(tiny_result):
     by_source = metrics["candidate_recall_by_source"]
     assert by_source["retrieval"] == metrics["candidate_recall@100"]
     assert by_source["retrieval"] >= max(by_source["ann"], by_source["popularity"]) - 0.02
-    stages = {trial["stage"] for trial in metrics["tuning"]["trials"]}
-    assert {"popularity", "item-item", "als", "merge", "order", "ranker"} <= stages
+    assert [trial["stage"] for trial in metrics["tuning"]["trials"]] == ["ranker"]  # tuning off
     assert set(tiny_result.timings) >= {"validate", "ranker", "evaluate"}
+
+
+def test_tuning_searches_every_stage_on_validation_only(tiny_data):
+    config = tiny_train_config(tuning=TuningConfig(enabled=True, budget_seconds=5, max_users=500))
+    result = train_pipeline(tiny_data.interactions, tiny_data.catalog, config)
+    tuning = result.metrics["tuning"]
+    stages = [trial["stage"] for trial in tuning["trials"]]
+    assert {"popularity", "item-item", "item-item profile", "als", "merge", "order"} <= set(stages)
+    assert stages[-1] == "ranker" and tuning["users"] <= 500
+    for stage in set(stages):  # one choice per stage, and the trained models use it
+        assert sum(t["chosen"] for t in tuning["trials"] if t["stage"] == stage) == 1
+    merge = next(t for t in tuning["trials"] if t["stage"] == "merge" and t["chosen"])
+    assert result.retrieval.config.ann_share == merge["params"]["ann_share"]
+    assert result.config.retrieval == result.retrieval.config
+    # The held-out test window is not an input of the search: its rows are not in train or
+    # validation, and the search users are validation users.
+    split = make_split(tiny_data.interactions, config)
+    assert split.test[schema.TIMESTAMP].min() >= split.test_start
+    assert tuning["chosen"]["retrieval"] == dataclasses.asdict(result.config.retrieval)
 
 
 def test_ranker_improves_on_retrieval_and_gate_is_consistent(tiny_result):

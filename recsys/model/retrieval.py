@@ -457,7 +457,7 @@ class RetrievalModel:
             with tracer.start_as_current_span("ann_search") as span:
                 found, _ = self._ann(self.user_factors[user_idx], k + len(blocked))
                 lists[SOURCE_ANN] = found[~mask[found]][:k]
-                set_attributes(span, requested=k, searched=len(found))
+                set_attributes(span, requested=k, searched=len(found), found=len(lists[SOURCE_ANN]))
         with tracer.start_as_current_span("item_item_candidates") as span:
             item_scores, recent_scores = self.item_item_scores(user_idx)
             if item_scores is not None:
@@ -465,7 +465,12 @@ class RetrievalModel:
             set_attributes(span, found=len(lists.get(SOURCE_ITEM, ())))
         with tracer.start_as_current_span("popular_candidates") as span:
             lists[SOURCE_POPULAR] = self.popular_idx[~mask[self.popular_idx]][:k]
-            set_attributes(span, cold_user=self.is_cold(user_idx))
+            set_attributes(
+                span,
+                requested=k,
+                found=len(lists[SOURCE_POPULAR]),
+                cold_user=self.is_cold(user_idx),
+            )
         return SourceLists(lists, item_scores, recent_scores)
 
     def signals(self, user_idx: int, item_idx: np.ndarray, found: SourceLists, k: int):

@@ -415,9 +415,12 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
         (config.out / "window-check.json").write_text(json.dumps(report.to_dict(), indent=2))
         note["detail"] = "; ".join(report.summary_lines())
     with reporter.step("train") as note:
-        train_config = TrainConfig.with_overrides(
-            {"max_reject_ratio": config.max_reject_ratio, **config.train_overrides}
-        )
+        reused = _stable_settings(stable)
+        overrides = {"max_reject_ratio": config.max_reject_ratio}
+        for name, value in {**reused, **config.train_overrides}.items():
+            both = isinstance(value, dict) and isinstance(reused.get(name), dict)
+            overrides[name] = {**reused[name], **value} if both else value
+        train_config = TrainConfig.with_overrides(overrides)
         trained = train_pipeline(
             source.interactions,
             source.catalog,
@@ -426,7 +429,12 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
         )
         ndcg = trained.metrics["models"]["two_stage"]["ndcg@10"]
         result.facts["candidate_ndcg_at_10"] = ndcg
-        note["detail"] = f"two-stage ndcg@10 {ndcg:.4f}, data {trained.data_hash}"
+        settings = (
+            f"the settings of {stable}"
+            if reused
+            else ("tuned settings" if train_config.tuning.enabled else "configured settings")
+        )
+        note["detail"] = f"two-stage ndcg@10 {ndcg:.4f}, data {trained.data_hash}, {settings}"
     with reporter.step("gate") as note:
         if not trained.promotable:
             raise RetrainRefused("promotion gate: " + "; ".join(trained.promotion_reasons))
@@ -476,6 +484,18 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
         result.outcome = "canary_started"
         mode = " (dry run: helm steps printed)" if config.dry_run else ""
         note["detail"] = f"recsys rollout {config.canary} for {config.component}{mode}"
+
+
+def _stable_settings(stable: str | None) -> dict[str, Any]:
+    """The stable model's tuned settings as training overrides (none for a first model)."""
+    if stable is None:
+        return {}
+    import bentoml
+
+    from recsys.model.pipeline import TrainConfig
+
+    saved = bentoml.models.get(stable).info.metadata.get("config", {})
+    return TrainConfig.tuned_settings(saved)
 
 
 def _preflight_on(source, stable: str, candidate: str, tolerance: float):
