@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -636,6 +636,13 @@ class RetrievalModel:
     def load(cls, directory: str | Path) -> RetrievalModel:
         directory = Path(directory).resolve()
         meta = json.loads((directory / "retrieval.json").read_text())
+        unknown = set(meta["config"]) - {f.name for f in fields(RetrievalConfig)}
+        if unknown:
+            raise ValueError(
+                "the retrieval model was saved by another version of recsys (settings this "
+                f"code does not know: {', '.join(sorted(unknown))}): retrain, or deploy the "
+                "code it was trained with"
+            )
 
         def optional(name: str, read):
             return read(directory / name) if (directory / name).exists() else None

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -189,3 +190,13 @@ def test_save_load_round_trip_after_moving(tiny_result, tmp_path):
     assert loaded.retrieve(user_id, 30) == model.retrieve(user_id, 30)
     item = model.items.ids[3]
     assert loaded.similar_items(item, 5) == model.similar_items(item, 5)
+
+
+def test_a_model_saved_by_other_code_is_refused_with_a_reason(tiny_result, tmp_path):
+    tiny_result.retrieval.save(tmp_path / "old")
+    meta_path = tmp_path / "old" / "retrieval.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["popular_share"] = 0.2  # a setting of the previous release
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"another version of recsys .*popular_share.*retrain"):
+        RetrievalModel.load(tmp_path / "old")
