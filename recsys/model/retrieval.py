@@ -38,6 +38,7 @@ from recsys.model.sources import (
     fit_item_item,
     merge_lists,
     popularity_scores,
+    positions_in,
     recent_items,
     top_items,
     user_profiles,
@@ -335,12 +336,8 @@ class Candidates:
 
 def _ranks_in(found: np.ndarray, ranked: np.ndarray | None, missing: int) -> np.ndarray:
     """Position of each `found` item in `ranked` (best first), `missing` where absent."""
-    if ranked is None or not len(ranked):
-        return np.full(len(found), missing, dtype=np.float32)
-    sorter = np.argsort(ranked, kind="stable")
-    at = np.clip(np.searchsorted(ranked, found, sorter=sorter), 0, len(ranked) - 1)
-    hit = ranked[sorter[at]] == found
-    return np.where(hit, sorter[at], missing).astype(np.float32)
+    position = positions_in(found, ranked)
+    return np.where(position >= 0, position, missing).astype(np.float32)
 
 
 @dataclass

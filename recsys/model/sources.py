@@ -342,6 +342,15 @@ def top_items(scores: np.ndarray, blocked: np.ndarray, k: int) -> np.ndarray:
     return positive[best].astype(np.int64)
 
 
+def positions_in(items: np.ndarray, ranked: np.ndarray | None) -> np.ndarray:
+    """Position of each of `items` in `ranked` (best first, no repeats), -1 where absent."""
+    if ranked is None or not len(ranked):
+        return np.full(len(items), -1, dtype=np.int64)
+    sorter = np.argsort(ranked, kind="stable")
+    at = np.clip(np.searchsorted(ranked, items, sorter=sorter), 0, len(ranked) - 1)
+    return np.where(ranked[sorter[at]] == items, sorter[at], -1)
+
+
 def reciprocal_rank_scores(
     pool: np.ndarray, lists: dict[str, np.ndarray], weights: dict[str, float], rrf_k: float
 ) -> np.ndarray:
@@ -349,12 +358,9 @@ def reciprocal_rank_scores(
     hold it of weight / (rrf_k + rank), rank counted from 1."""
     fused = np.zeros(len(pool), dtype=np.float64)
     for name, ranked in lists.items():
-        if not len(ranked):
-            continue
-        sorter = np.argsort(ranked, kind="stable")
-        at = np.clip(np.searchsorted(ranked, pool, sorter=sorter), 0, len(ranked) - 1)
-        hit = ranked[sorter[at]] == pool
-        fused[hit] += weights.get(name, 1.0) / (rrf_k + 1.0 + sorter[at][hit])
+        position = positions_in(pool, ranked)
+        hit = position >= 0
+        fused[hit] += weights.get(name, 1.0) / (rrf_k + 1.0 + position[hit])
     return fused
 
 
