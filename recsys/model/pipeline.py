@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.model.data import schema
-from recsys.model.data.split import Split, chronological_split, random_split
+from recsys.model.data.split import Split, chronological_split, label_folds, random_split
 from recsys.model.data.validate import ValidationReport, validate_dataset
 from recsys.model.evaluate import evaluate_models, held_out_relevance, promotion_decision
 from recsys.model.features import build_feature_tables
@@ -177,10 +177,8 @@ def ranking_examples(
     evaluation = held_out_relevance(
         label_window, retrieval, max_users=config.ranker.max_training_users, seed=config.seed
     )
-    features, labels, query = [], [], []
-    for qid, (user_id, relevant) in enumerate(
-        zip(evaluation.user_ids, evaluation.relevant, strict=True)
-    ):
+    features, labels, query, users = [], [], [], []
+    for user_id, relevant in zip(evaluation.user_ids, evaluation.relevant, strict=True):
         user_idx = retrieval.users.index_of(user_id)
         candidates = retrieval.retrieve_indices(user_idx, config.retrieval.num_candidates)
         hit = np.isin(candidates.item_idx, list(relevant))
@@ -188,10 +186,16 @@ def ranking_examples(
             continue
         features.append(candidate_features(ranker_tables, user_idx, candidates))
         labels.append(hit.astype(np.float32))
-        query.append(np.full(len(candidates), qid, dtype=np.int64))
+        query.append(np.full(len(candidates), len(users), dtype=np.int64))
+        users.append(user_id)
     if not features:
         raise ValueError("no user in the validation window has a relevant retrieved candidate")
-    return RankingExamples(np.vstack(features), np.concatenate(labels), np.concatenate(query))
+    return RankingExamples(
+        np.vstack(features),
+        np.concatenate(labels),
+        np.concatenate(query),
+        np.array(users, dtype=object),
+    )
 
 
 def ranker_trial(info: dict, config: RankerConfig, seconds: float) -> dict[str, Any]:
@@ -267,30 +271,30 @@ def train_pipeline(
                     tuned.fitted.item_item,
                 )
 
-    with clock.stage("retrieval (ranker phase)"):
-        retrieval_a = train_retrieval(
-            split.train,
-            items,
-            item_categories,
-            split.validation_start,
-            config.embedding,
-            config.index,
-            config.retrieval,
-            config.item_item,
-            fitted,
-        )
-        tables_a = build_feature_tables(
-            split.train,
-            clean.catalog,
-            retrieval_a.users,
-            items,
-            categories,
-            split.validation_start,
-        )
+    folds = label_folds(split, config.ranker.label_folds, config.ratio, config.seed)
+    parts = []
+    for number, fold in enumerate(folds):
+        with clock.stage("retrieval (ranker phase)" + (f", fold {number + 1}" if number else "")):
+            retrieval_a = train_retrieval(
+                fold.train,
+                items,
+                item_categories,
+                fold.cutoff,
+                config.embedding,
+                config.index,
+                config.retrieval,
+                config.item_item,
+                fitted if number == 0 else None,
+            )
+            tables_a = build_feature_tables(
+                fold.train, clean.catalog, retrieval_a.users, items, categories, fold.cutoff
+            )
+            parts.append(ranking_examples(retrieval_a, tables_a, fold.labels, config))
     with clock.stage("ranker"):
-        examples = ranking_examples(retrieval_a, tables_a, split.validation, config)
+        examples = RankingExamples.concat(parts)
         start = time.perf_counter()
         booster, ranker_info = train_ranker(examples, config.ranker)
+        ranker_info["label_folds"] = len(folds)
         tuning["trials"].append(
             ranker_trial(ranker_info, config.ranker, time.perf_counter() - start)
         )

@@ -25,7 +25,7 @@ from recsys.tracing import set_attributes, tracer
 class RankerConfig:
     """XGBoost LambdaMART settings."""
 
-    objective: str = "rank:ndcg"
+    objective: str = "rank:pairwise"
     pair_method: str = "mean"
     n_estimators: int = 250
     max_depth: int = 4
@@ -34,7 +34,8 @@ class RankerConfig:
     subsample: float = 0.8
     colsample_bytree: float = 0.9
     early_stopping_rounds: int = 30
-    pairs_per_sample: int = 4
+    pairs_per_sample: int = 32
+    label_folds: int = 1
     max_training_users: int = 3000
     eval_share: float = 0.15
     seed: int = 0
@@ -42,15 +43,30 @@ class RankerConfig:
 
 @dataclass
 class RankingExamples:
-    """Feature rows grouped by query (user), with binary relevance labels."""
+    """Feature rows grouped by query (one user in one label fold), with binary relevance
+    labels; `query_users[q]` is query q's user."""
 
     features: np.ndarray
     labels: np.ndarray
     query: np.ndarray
+    query_users: np.ndarray
 
     @property
     def n_queries(self) -> int:
         return len(np.unique(self.query))
+
+    @classmethod
+    def concat(cls, parts: Sequence[RankingExamples]) -> RankingExamples:
+        """One example set from several label folds, query ids renumbered to stay distinct."""
+        offsets = np.cumsum([0] + [len(part.query_users) for part in parts[:-1]])
+        return cls(
+            np.vstack([part.features for part in parts]),
+            np.concatenate([part.labels for part in parts]),
+            np.concatenate(
+                [part.query + offset for part, offset in zip(parts, offsets, strict=True)]
+            ),
+            np.concatenate([part.query_users for part in parts]),
+        )
 
 
 # Source scores whose scale follows the history's size (a model refit on more data scores
@@ -84,12 +100,15 @@ def candidate_features(tables: FeatureTables, user_idx: int, candidates: Candida
 
 
 def train_ranker(train: RankingExamples, config: RankerConfig) -> tuple[xgb.Booster, dict]:
-    """Fit LambdaMART with early stopping on a held-out share of queries."""
+    """Fit LambdaMART with early stopping on a held-out share of users (all their queries, so
+    no user of the early-stopping set is also learnt from in another fold)."""
     rng = np.random.default_rng(config.seed)
     queries = np.unique(train.query)
-    held_out = rng.choice(
-        queries, size=max(1, int(len(queries) * config.eval_share)), replace=False
+    users = np.unique(train.query_users[queries])
+    held_out_users = rng.choice(
+        users, size=max(1, int(len(users) * config.eval_share)), replace=False
     )
+    held_out = queries[np.isin(train.query_users[queries], held_out_users)]
     is_eval = np.isin(train.query, held_out)
     fit, valid = ~is_eval, is_eval
     params = {
@@ -134,6 +153,7 @@ def train_ranker(train: RankingExamples, config: RankerConfig) -> tuple[xgb.Boos
         "valid_ndcg_at_10": round(float(max(curve)), 5),
         "training_rows": int(fit.sum()),
         "training_queries": int(len(queries) - len(held_out)),
+        "early_stopping_queries": len(held_out),
         "feature_importance_gain": {
             k: round(v, 3) for k, v in booster.get_score(importance_type="gain").items()
         },

@@ -7,6 +7,9 @@ evaluated models see only events before the test window.
 Random (per-user holdout, for comparison with published benchmark tables): each user's events
 are shuffled and a `ratio` share stays in history; the rest is held out. The same holdout is
 applied once more inside the history to get the ranker's label set.
+
+`label_folds` gives the ranker more lists to learn from than one validation window holds:
+earlier windows of the same length (chronological) or other holdouts of the history (random).
 """
 
 from __future__ import annotations
@@ -115,3 +118,42 @@ def random_split(interactions: pd.DataFrame, ratio: float = 0.75, seed: int = 0)
         cutoff,
         cutoff,
     )
+
+
+@dataclass
+class LabelFold:
+    """Events to fit candidate sources on, the later (or held-out) events that label their
+    candidates, and the time features may look up to."""
+
+    train: pd.DataFrame
+    labels: pd.DataFrame
+    cutoff: pd.Timestamp
+
+
+def label_folds(split: Split, count: int, ratio: float = 0.75, seed: int = 0) -> list[LabelFold]:
+    """The split's own (train, validation) fold, then up to `count - 1` more that never touch
+    test: validation windows shifted back by whole window lengths, or other per-user holdouts
+    of the history. A chronological fold is left out when its train or label window is empty."""
+    folds = [LabelFold(split.train, split.validation, split.validation_start)]
+    if split.kind == "random":
+        history = split.history_before_test
+        for fold in range(1, count):
+            held_out = _holdout_mask(history, ratio, np.random.default_rng([seed, fold]))
+            folds.append(
+                LabelFold(
+                    history[~held_out].reset_index(drop=True),
+                    history[held_out].reset_index(drop=True),
+                    split.validation_start,
+                )
+            )
+        return folds
+    window = split.test_start - split.validation_start
+    ts = split.train[schema.TIMESTAMP]
+    for fold in range(1, count):
+        end = split.validation_start - (fold - 1) * window
+        start = end - window
+        train, labels = split.train[ts < start], split.train[(ts >= start) & (ts < end)]
+        if train.empty or labels.empty:
+            break
+        folds.append(LabelFold(train.reset_index(drop=True), labels.reset_index(drop=True), start))
+    return folds
