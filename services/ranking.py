@@ -95,6 +95,10 @@ class RankOrder(BaseModel):
     order: list[int] = Field(description="Positions in `candidates`, best first.")
     scores: list[float] = Field(description="The model's score of each, in `order`.")
     model_version: str
+    order_by: str = Field(
+        description="What ordered the list: `ranker`, or the candidate source whose order won "
+        "on validation (`retrieval`, `ann`, `item`, `popular`) with the ranker off."
+    )
 
 
 def check_ranker(ranker) -> None:
@@ -119,13 +123,15 @@ class Ranking(StageService):
 
     def answer_rank_many(self, requests: list[tuple[str, dict[str, list]]]) -> list[dict]:
         """Several requests' verdicts from one model prediction (ModelNotReady fails all)."""
-        verdicts = rank_columns_many(self.loaded.get(), requests)
+        ranker = self.loaded.get()
+        verdicts = rank_columns_many(ranker, requests)
         top_k = self.health.top_k
         for (_, candidates), verdict in zip(requests, verdicts, strict=True):
             categories = candidates["categories"]
             top = [categories[i] for i in verdict["order"][:top_k]]
             self.health.on_ranking(self.loaded.version, verdict["scores"], top)
-        return [{**verdict, "model_version": self.loaded.version} for verdict in verdicts]
+        version, order = self.loaded.version, ranker.serving_order
+        return [{**verdict, "model_version": version, "order_by": order} for verdict in verdicts]
 
     async def answer_rank(self, user_id: str, candidates: dict[str, list]) -> dict:
         set_attributes(

@@ -57,11 +57,45 @@ def test_ranker_improves_on_retrieval_and_gate_is_consistent(tiny_result):
     # On tiny data popularity is hard to beat; the default-size comparison is a reported figure.
     models = tiny_result.metrics["models"]
     assert models["two_stage"]["ndcg@10"] > models["retrieval"]["ndcg@10"]
-    beats_both = models["two_stage"]["ndcg@10"] > max(
-        models["popularity"]["ndcg@10"], models["retrieval"]["ndcg@10"]
+    served = models["served"]["ndcg@10"]
+    selection = tiny_result.metrics["selection"]
+    passes = (
+        served > models["popularity"]["ndcg@10"]
+        and served >= models["retrieval"]["ndcg@10"]
+        and selection["ndcg@10"][selection["served"]]
+        >= selection["ndcg@10"][selection["best_single_source"]]
     )
-    assert tiny_result.promotable == beats_both
-    assert bool(tiny_result.promotion_reasons) != beats_both
+    assert tiny_result.promotable == passes
+    assert bool(tiny_result.promotion_reasons) != passes
+
+
+def test_the_served_order_is_the_validation_winner_and_is_what_evaluation_measures(tiny_result):
+    selection = tiny_result.metrics["selection"]
+    ndcg = selection["ndcg@10"]
+    assert set(ndcg) == {"ranker", "retrieval", "ann", "item", "popular"}
+    assert selection["served"] == max(ndcg, key=lambda name: (ndcg[name], name == "ranker"))
+    assert tiny_result.ranker.serving_order == selection["served"]
+    assert selection["users"] > 0 and selection["lists"] >= selection["users"]
+    models = tiny_result.metrics["models"]
+    if selection["served"] == "ranker":
+        assert models["served"] == models["two_stage"]
+    elif selection["served"] == "retrieval":
+        assert models["served"] == models["retrieval"]
+
+
+def test_a_forced_order_is_served_and_judged(tiny_data):
+    config = tiny_train_config()
+    config = dataclasses.replace(
+        config, ranker=dataclasses.replace(config.ranker, serving_order="retrieval")
+    )
+    result = train_pipeline(tiny_data.interactions, tiny_data.catalog, config)
+    assert result.ranker.serving_order == "retrieval"
+    assert result.metrics["models"]["served"] == result.metrics["models"]["retrieval"]
+    selection = result.metrics["selection"]
+    below = (
+        selection["ndcg@10"]["retrieval"] < selection["ndcg@10"][selection["best_single_source"]]
+    )
+    assert any("best single source" in reason for reason in result.promotion_reasons) == below
 
 
 def test_same_seed_same_metrics(tiny_data, tiny_result):

@@ -211,14 +211,14 @@ def test_concurrent_requests_are_batched_and_answered_alike(stack, client, tiny_
 
 
 def offline_top_k(tiny_result, user_ids: list[str], k: int) -> dict[str, list[str]]:
-    """The evaluation's two-stage top k (`recsys.model.evaluate.recommend_all`), as item ids."""
+    """The evaluation's served top k (`recsys.model.evaluate.recommend_all`), as item ids."""
     from recsys.model.evaluate import recommend_all
 
     retrieval = tiny_result.retrieval
     lists, _ = recommend_all(retrieval, tiny_result.ranker, user_ids, k, num_candidates=200)
     return {
         user: retrieval.items.ids[order].tolist()
-        for user, order in zip(user_ids, lists["two_stage"], strict=True)
+        for user, order in zip(user_ids, lists["served"], strict=True)
     }
 
 
@@ -254,9 +254,11 @@ def test_every_form_serves_the_offline_top_k(saved_tags, bentoml_home, tiny_resu
         assert set(stack.servers) == {"Recommender", *({"split": STAGES}.get(form, ()))}
         assert served_top_k(http, users, 10) == offline_top_k(tiny_result, users, 10)
         answer = http.post("/recommend", json={"user_id": users[0], "k": 5}).json()
+        order = tiny_result.ranker.serving_order
         assert answer["model_versions"] == {
             "retrieval": saved_tags["retrieval"],
             "ranking": saved_tags["ranking"],
+            **({} if order == "ranker" else {"ranking_order": f"{order} (ranker off)"}),
         }
         if form == "split":  # the gateway called the Ranking process, not a copy of its own
             ranked = http_get_metrics(stack["Ranking"].url)
@@ -394,3 +396,40 @@ def test_bentoml_build_packs_both_models(saved_tags, bentoml_home, tmp_path):
         / "Dockerfile"
     ).read_text()
     assert "\nUSER bentoml" in dockerfile  # the image runs as a non-root user
+
+
+# Last in the module: it stores another ranking model version (the store's `latest` changes).
+@pytest.mark.parametrize("order", ["item", "ranker"])
+def test_the_served_order_is_the_offline_one_for_every_choice(
+    saved_tags, bentoml_home, tiny_result, order
+):
+    """Whatever order training chose (the ranker's or a source's with the ranker off), the
+    split stack answers what the offline evaluation measures, and says which order it was."""
+    import dataclasses
+
+    from recsys.model.artifacts import save_models
+
+    ranker = dataclasses.replace(
+        tiny_result.ranker, info={**tiny_result.ranker.info, "serving_order": order}
+    )
+    result = dataclasses.replace(tiny_result, ranker=ranker)
+    tags = save_models(result)
+    model = tiny_result.retrieval
+    warm = [str(model.users.ids[u]) for u in range(len(model.users)) if not model.is_cold(u)]
+    users = [*warm[:15], "a-user-nobody-knows"]
+    env = {
+        "BENTOML_HOME": str(bentoml_home),
+        "RECSYS_CATEGORY_CAP": "0",
+        "RECSYS_RETRIEVAL_MODEL_TAG": tags["retrieval"],
+        "RECSYS_RANKING_MODEL_TAG": tags["ranking"],
+    }
+    with (
+        serve_stack(env=env, form="split") as stack,
+        httpx.Client(base_url=stack.url, timeout=20) as http,
+    ):
+        assert served_top_k(http, users, 10) == offline_top_k(result, users, 10)
+        versions = http.post("/recommend", json={"user_id": users[0], "k": 5}).json()[
+            "model_versions"
+        ]
+    assert versions.get("ranking_order") == (None if order == "ranker" else "item (ranker off)")
+    assert versions["ranking"] == tags["ranking"]

@@ -228,6 +228,7 @@ def _finish(result, out: Path, save: bool, interactions=None) -> None:
     console.print(_metrics_table(result.metrics))
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     console.print(f"stage timings: {timing} (total {sum(result.timings.values()):.1f}s)")
+    console.print(f"served order: {result.ranker.order_label} (chosen on validation lists)")
     verdict = "[green]promotable[/]" if result.promotable else "[red]not promotable[/]"
     console.print(f"verdict: {verdict} " + "; ".join(result.promotion_reasons))
     for name, tag in summary.get("model_tags", {}).items():

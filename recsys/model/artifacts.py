@@ -101,7 +101,7 @@ def save_models(
     import bentoml
 
     revision = code_revision()
-    two_stage = result.metrics["models"]["two_stage"]
+    models = result.metrics["models"]
     labels = {
         "project": "recsys",
         "data_hash": result.data_hash,
@@ -137,11 +137,20 @@ def save_models(
         tags["retrieval"] = str(model.tag)
     with bentoml.models.create(
         RANKING_MODEL,
-        labels={**labels, "stage": "ranking", "retrieval_tag": tags["retrieval"]},
+        labels={
+            **labels,
+            "stage": "ranking",
+            "retrieval_tag": tags["retrieval"],
+            "serving_order": result.ranker.serving_order,
+        },
         metadata=_flat(
             {
                 **common,
-                "metrics": {"two_stage": two_stage, "models": result.metrics["models"]},
+                "metrics": {
+                    "two_stage": models["two_stage"],
+                    "served": models["served"],
+                    "models": models,
+                },
                 "ranker": result.ranker.info,
             }
         ),
@@ -261,7 +270,8 @@ def list_models() -> list[dict]:
         for model in bentoml.models.list(name):
             info = model.info
             metrics = info.metadata.get("metrics", {})
-            ndcg = (metrics.get("two_stage") or metrics.get("retrieval") or {}).get("ndcg@10")
+            figures = metrics.get("served") or metrics.get("two_stage") or metrics.get("retrieval")
+            ndcg = (figures or {}).get("ndcg@10")
             rows.append(
                 {
                     "tag": str(model.tag),

@@ -1,5 +1,6 @@
-"""Offline evaluation: baselines, each candidate source alone, the fused retrieval and the
-two-stage model, overall and per slice, with candidate recall per source and merged."""
+"""Offline evaluation: baselines, each candidate source alone, the fused retrieval, the
+two-stage model and the served pipeline (the ranker or the source order that won its place,
+`recsys.model.ordering`), overall and per slice, with candidate recall per source and merged."""
 
 from __future__ import annotations
 
@@ -11,14 +12,25 @@ import pandas as pd
 
 from recsys.model.data import schema
 from recsys.model.metrics import evaluate_lists, mean_recall
+from recsys.model.ordering import RANKER
 from recsys.model.ranking import Ranker, candidate_features
 from recsys.model.retrieval import Candidates, RetrievalModel
 from recsys.model.sources import SOURCE_ANN, SOURCE_ITEM, SOURCE_POPULAR
 
 # Every evaluated model. `popularity` is the served popular list (cold users, fallbacks);
 # `ann` and `item_item` are one source alone (the popular list where it has nothing for a
-# user, as served); `retrieval` is the fused candidate list in its own order.
-MODELS = ("popularity_all_time", "popularity", "ann", "item_item", "retrieval", "two_stage")
+# user, as served); `retrieval` is the fused candidate list in its own order; `two_stage` is
+# the ranker's order of it; `served` is what the Ranking service answers (the ranker's order,
+# or the source order chosen on validation when the ranker lost there).
+MODELS = (
+    "popularity_all_time",
+    "popularity",
+    "ann",
+    "item_item",
+    "retrieval",
+    "two_stage",
+    "served",
+)
 LABELS = {
     "popularity_all_time": "all-time popularity (baseline)",
     "popularity": "popularity (served list)",
@@ -26,6 +38,7 @@ LABELS = {
     "item_item": "item-item alone",
     "retrieval": "retrieval only (merged sources)",
     "two_stage": "two-stage (+ XGBoost ranker)",
+    "served": "served pipeline",
 }
 _SOURCE_MODELS = {"ann": SOURCE_ANN, "item_item": SOURCE_ITEM, "popularity": SOURCE_POPULAR}
 
@@ -70,22 +83,26 @@ def held_out_relevance(
 
 def rank_candidates(
     ranker: Ranker, user_indices: Sequence[int], candidates: Sequence[Candidates]
-) -> list[np.ndarray]:
-    """Candidate item indices re-ordered by the ranker, with one prediction for all users."""
+) -> dict[str, list[np.ndarray]]:
+    """Candidate item indices re-ordered by the ranker (`two_stage`) and in the served order
+    (`served`: the same unless a source order won), with one prediction for all users."""
     if not candidates:
-        return []
+        return {"two_stage": [], "served": []}
     features = np.vstack(
         [
             candidate_features(ranker.tables, u, c)
             for u, c in zip(user_indices, candidates, strict=True)
         ]
     )
-    scores = ranker.predict(features)
-    ordered, start = [], 0
+    by_ranker = ranker.predict(features)
+    served = by_ranker if ranker.serving_order == RANKER else ranker.serve_scores(features)
+    ordered: dict[str, list[np.ndarray]] = {"two_stage": [], "served": []}
+    start = 0
     for cand in candidates:
-        part = scores[start : start + len(cand)]
+        for name, scores in (("two_stage", by_ranker), ("served", served)):
+            part = scores[start : start + len(cand)]
+            ordered[name].append(cand.item_idx[np.argsort(-part, kind="stable")])
         start += len(cand)
-        ordered.append(cand.item_idx[np.argsort(-part, kind="stable")])
     return ordered
 
 
@@ -120,7 +137,8 @@ def recommend_all(
         head = all_time_order[: k + len(blocked)]
         lists["popularity_all_time"].append(head[~np.isin(head, blocked)][:k])
     ranker_users = [ranker.users.index_of(u) for u in user_ids]
-    lists["two_stage"] = [order[:k] for order in rank_candidates(ranker, ranker_users, fused)]
+    for name, orders in rank_candidates(ranker, ranker_users, fused).items():
+        lists[name] = [order[:k] for order in orders]
     return lists, pools
 
 
@@ -159,9 +177,11 @@ def evaluate_models(
     source_recall = {
         name: round(mean_recall(pool, evaluation.relevant), 5) for name, pool in pools.items()
     }
+    selection = ranker.info.get("selection")
     return {
         "ks": list(ks),
         "users": len(evaluation.user_ids),
+        **({"selection": selection} if selection else {}),
         "num_candidates": num_candidates,
         f"candidate_recall@{num_candidates}": source_recall["retrieval"],
         "candidate_recall_by_source": source_recall,
@@ -181,12 +201,27 @@ def evaluate_models(
 
 
 def promotion_decision(metrics: dict, metric: str = "ndcg@10") -> tuple[bool, list[str]]:
-    """Promotable only when the two-stage model beats both baselines on `metric`."""
+    """Promotable only when the served pipeline beats popularity and is not below the merged
+    retrieval on the test window, and its order is not below its best single source on the
+    validation lists that chose it (`metrics["selection"]`, when the ranker recorded one)."""
     models = metrics["models"]
-    ours = models["two_stage"][metric]
+    ours = models["served"][metric]
     reasons = []
-    for baseline in ("popularity", "retrieval"):
-        theirs = models[baseline][metric]
-        if ours <= theirs:
-            reasons.append(f"two-stage {metric} {ours:.4f} does not beat {baseline} {theirs:.4f}")
+    popular = models["popularity"][metric]
+    if ours <= popular:
+        reasons.append(
+            f"served pipeline {metric} {ours:.4f} does not beat popularity {popular:.4f}"
+        )
+    merged = models["retrieval"][metric]
+    if ours < merged:
+        reasons.append(f"served pipeline {metric} {ours:.4f} is below retrieval {merged:.4f}")
+    selection = metrics.get("selection")
+    if selection:
+        served, best = selection["served"], selection["best_single_source"]
+        validation = selection["ndcg@10"]
+        if validation[served] < validation[best]:
+            reasons.append(
+                f"served order ({served}) validation NDCG@10 {validation[served]:.4f} is below "
+                f"its best single source ({best}) {validation[best]:.4f}"
+            )
     return not reasons, reasons

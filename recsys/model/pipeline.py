@@ -23,6 +23,7 @@ from recsys.model.data.split import Split, chronological_split, label_folds, ran
 from recsys.model.data.validate import ValidationReport, validate_dataset
 from recsys.model.evaluate import evaluate_models, held_out_relevance, promotion_decision
 from recsys.model.features import build_feature_tables
+from recsys.model.ordering import compare_orders
 from recsys.model.ranking import (
     Ranker,
     RankerConfig,
@@ -271,7 +272,7 @@ def train_pipeline(
                     tuned.fitted.item_item,
                 )
 
-    folds = label_folds(split, config.ranker.label_folds, config.ratio, config.seed)
+    folds = label_folds(split, config.ranker.label_folds, config.seed)
     parts = []
     for number, fold in enumerate(folds):
         with clock.stage("retrieval (ranker phase)" + (f", fold {number + 1}" if number else "")):
@@ -284,20 +285,35 @@ def train_pipeline(
                 config.index,
                 config.retrieval,
                 config.item_item,
-                fitted if number == 0 else None,
+                fitted if fold.own else None,
             )
             tables_a = build_feature_tables(
                 fold.train, clean.catalog, retrieval_a.users, items, categories, fold.cutoff
             )
             parts.append(ranking_examples(retrieval_a, tables_a, fold.labels, config))
     with clock.stage("ranker"):
-        examples = RankingExamples.concat(parts)
+        examples, selection = RankingExamples.concat(parts).split_users(
+            config.ranker.selection_share, config.seed
+        )
         start = time.perf_counter()
         booster, ranker_info = train_ranker(examples, config.ranker)
         ranker_info["label_folds"] = len(folds)
         tuning["trials"].append(
             ranker_trial(ranker_info, config.ranker, time.perf_counter() - start)
         )
+        choice = compare_orders(
+            selection.features,
+            selection.labels,
+            np.unique(selection.query, return_inverse=True)[1],
+            selection.query_users[np.unique(selection.query)],
+            booster.inplace_predict(
+                selection.features, iteration_range=(0, booster.best_iteration + 1)
+            ),
+            config.ranker.serving_order,
+            config.seed,
+        )
+        ranker_info["serving_order"] = choice.served
+        ranker_info["selection"] = choice.to_dict()
 
     with clock.stage("retrieval (final)"):
         history = split.history_before_test
@@ -324,7 +340,11 @@ def train_pipeline(
             retrieval, ranker, evaluation, config.ks, config.retrieval.num_candidates
         )
         metrics["index"] = retrieval.stats
-        metrics["ranker"] = {k: v for k, v in ranker_info.items() if k != "feature_importance_gain"}
+        metrics["ranker"] = {
+            k: v
+            for k, v in ranker_info.items()
+            if k not in ("feature_importance_gain", "selection")
+        }
         metrics["tuning"] = tuning
         promotable, reasons = promotion_decision(metrics)
 

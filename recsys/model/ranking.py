@@ -1,7 +1,8 @@
-"""Learning to rank with XGBoost (`rank:ndcg`) over retrieved candidates.
+"""Learning to rank with XGBoost (LambdaMART) over retrieved candidates.
 
-`Ranker` holds the booster and the feature tables; `score` is what the Ranking service calls,
-with one batched prediction per request.
+`Ranker` holds the booster, the feature tables and the order it serves (its own, or a source's
+when the ranker did not earn its place: `recsys.model.ordering`); `score_columns_many` is what
+the Ranking service calls, with one batched prediction per request.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import xgboost as xgb
 
 from recsys.model.features import FEATURE_NAMES, FeatureTables, assemble_features
+from recsys.model.ordering import ORDER_LABELS, ORDERS, RANKER, order_scores
 from recsys.model.retrieval import Candidates
 from recsys.model.sources import SCORE_SIGNALS, SIGNAL_NAMES, SOURCE_ANN, SOURCE_POPULAR
 from recsys.model.vocab import Vocabulary
@@ -38,7 +40,18 @@ class RankerConfig:
     label_folds: int = 1
     max_training_users: int = 3000
     eval_share: float = 0.15
+    # Users whose lists decide the served order (never learnt from, nor used to stop early).
+    selection_share: float = 0.2
+    # "auto": the order that wins on the selection lists; or one of `ordering.ORDERS`.
+    serving_order: str = "auto"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.serving_order not in ("auto", *ORDERS):
+            raise ValueError(
+                f"ranker.serving_order must be auto or one of {list(ORDERS)}, "
+                f"not {self.serving_order!r}"
+            )
 
 
 @dataclass
@@ -67,6 +80,19 @@ class RankingExamples:
             ),
             np.concatenate([part.query_users for part in parts]),
         )
+
+    def split_users(self, share: float, seed: int) -> tuple[RankingExamples, RankingExamples]:
+        """(the rest, the lists of a seeded `share` of users), all of a user's lists together;
+        query ids keep their values (`query_users` is indexed by them)."""
+        users = np.unique(self.query_users)
+        count = min(max(1, int(len(users) * share)), len(users) - 1) if len(users) > 1 else 0
+        chosen = np.random.default_rng([seed, 1]).choice(users, size=count, replace=False)
+        selected = np.isin(self.query_users[self.query], chosen)
+        return self._keep(~selected), self._keep(selected)
+
+    def _keep(self, rows: np.ndarray) -> RankingExamples:
+        features, labels, query = self.features[rows], self.labels[rows], self.query[rows]
+        return RankingExamples(features, labels, query, self.query_users)
 
 
 # Source scores whose scale follows the history's size (a model refit on more data scores
@@ -163,7 +189,9 @@ def train_ranker(train: RankingExamples, config: RankerConfig) -> tuple[xgb.Boos
 
 @dataclass
 class Ranker:
-    """A trained booster with the feature tables it scores from."""
+    """A trained booster with the feature tables it scores from, and the order it serves
+    (`info["serving_order"]`: the booster's, or a source's; a ranker saved before the choice
+    existed serves its booster's)."""
 
     booster: xgb.Booster
     tables: FeatureTables
@@ -174,14 +202,25 @@ class Ranker:
 
     def __post_init__(self) -> None:
         self._iteration_range = (0, int(self.booster.best_iteration) + 1)
+        self.serving_order = str(self.info.get("serving_order", RANKER))
+        if self.serving_order not in ORDERS:
+            raise ValueError(f"ranker serves an unknown order {self.serving_order!r}")
+
+    @property
+    def order_label(self) -> str:
+        """What orders the served lists, for answers and the model card."""
+        return ORDER_LABELS[self.serving_order]
+
+    def serve_scores(self, features: np.ndarray) -> np.ndarray:
+        """Scores in the served order: the booster's, or the chosen source's ranks."""
+        if self.serving_order == RANKER:
+            return self.predict(features)
+        return order_scores(self.serving_order, features).astype(np.float32)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Scores for a feature matrix, using the best iteration found by early stopping."""
         # inplace_predict skips building a DMatrix: about half the time of predict() per request.
         return self.booster.inplace_predict(features, iteration_range=self._iteration_range)
-
-    def score_indices(self, user_idx: int, candidates: Candidates) -> np.ndarray:
-        return self.predict(candidate_features(self.tables, user_idx, candidates))
 
     def features_for(self, user_id: str, columns: dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
         """Feature matrix for candidate columns (ids, scores, sources, signals), and the mask
@@ -234,8 +273,10 @@ class Ranker:
         scored = [np.full(len(known), -np.inf, dtype=np.float32) for _, known in prepared]
         if rows:
             with tracer.start_as_current_span("model_prediction") as span:
-                predictions = self.predict(np.vstack([features for features, _ in prepared]))
-                set_attributes(span, rows=rows, trees=self._iteration_range[1])
+                predictions = self.serve_scores(np.vstack([f for f, _ in prepared]))
+                set_attributes(
+                    span, rows=rows, trees=self._iteration_range[1], order=self.serving_order
+                )
             start = 0
             for out, (_, known) in zip(scored, prepared, strict=True):
                 count = int(known.sum())

@@ -95,7 +95,9 @@ def write_report(summary: dict, out_dir: str | Path) -> dict[str, Path]:
     lines = [
         "# Offline evaluation report",
         "",
-        f"**Verdict: {verdict}** (two-stage must beat popularity and retrieval-only on NDCG@10).",
+        f"**Verdict: {verdict}** (the served pipeline must beat popularity and not fall below "
+        "retrieval-only on NDCG@10, and its order must not be below its best single source on "
+        "the validation lists).",
         *[f"- {reason}" for reason in summary["promotion_reasons"]],
         "",
         f"Held-out users: {metrics['users']}; candidates per user: {n_cand}; "
@@ -123,6 +125,10 @@ def write_report(summary: dict, out_dir: str | Path) -> dict[str, Path]:
     lines += [
         "",
         "![slices](slices.png)",
+        "",
+        "## Served order",
+        "",
+        *selection_table(metrics.get("selection")),
         "",
         "## Tuning on the validation window",
         "",
@@ -163,11 +169,36 @@ def tuning_table(tuning: dict) -> list[str]:
     return lines
 
 
+def selection_table(selection: dict | None) -> list[str]:
+    """How the served order was chosen: each order's NDCG@10 on the selection lists and its
+    difference from the ranker with a 95% paired-bootstrap interval."""
+    if not selection:
+        return ["No order comparison recorded (a ranker saved before it): the ranker serves."]
+    versus = selection["difference_vs_ranker"]
+    lines = [
+        f"Served: **{selection['served_label']}**. {selection['users']} held-out users "
+        f"({selection['lists']} lists) never learnt from; best single source: "
+        f"{selection['best_single_source']}.",
+        "",
+        "| order | NDCG@10 | difference from the ranker (95% CI) |",
+        "|---|---|---|",
+    ]
+    for name, value in selection["ndcg@10"].items():
+        row = versus.get(name)
+        difference = (
+            f"{row['mean']:+.4f} [{row['ci95'][0]:+.4f}, {row['ci95'][1]:+.4f}]" if row else ""
+        )
+        chosen = " (served)" if name == selection["served"] else ""
+        lines.append(f"| {name}{chosen} | {value:.4f} | {difference} |")
+    return lines
+
+
 def model_card(summary: dict) -> str:
     """A model card: what was trained on what, how well it does, and where it falls short."""
     metrics = summary["metrics"]
     split = summary["split"]
-    two_stage = metrics["models"]["two_stage"]
+    served = metrics["models"]["served"]
+    selection = metrics.get("selection") or {}
     tags = summary.get("model_tags") or {}
     lines = [
         "# Model card: recsys two-stage recommender",
@@ -178,7 +209,8 @@ def model_card(summary: dict) -> str:
         f"({metrics['index']['index']}), {metrics['index'].get('item_item', 'no')} item-item "
         "and popularity, merged (tuned shares, reciprocal-rank order); popularity for cold users"
         + (f"; tag `{tags['retrieval']}`" if "retrieval" in tags else ""),
-        "- Ranking: XGBoost LambdaMART (`rank:ndcg`) over retrieved candidates"
+        "- Ranking: XGBoost LambdaMART over retrieved candidates; serves "
+        + selection.get("served_label", "the ranker's order")
         + (f"; tag `{tags['ranking']}`" if "ranking" in tags else ""),
         f"- Code revision: {summary.get('code_revision', 'unknown')}",
         "",
@@ -190,16 +222,19 @@ def model_card(summary: dict) -> str:
         f"test: {split['test']['events']}",
         f"- Validation: {'; '.join(summary['validation_summary'])}",
         "",
-        "## Performance on the test window",
-        f"- NDCG@10 {two_stage['ndcg@10']:.4f}, Recall@10 {two_stage['recall@10']:.4f}, "
-        f"MAP@10 {two_stage['map@10']:.4f}, MRR@10 {two_stage['mrr@10']:.4f}",
-        "- Baselines and single sources, NDCG@10: "
+        "## Performance on the test window (served pipeline)",
+        f"- NDCG@10 {served['ndcg@10']:.4f}, Recall@10 {served['recall@10']:.4f}, "
+        f"MAP@10 {served['map@10']:.4f}, MRR@10 {served['mrr@10']:.4f}",
+        "- Baselines, single sources and the ranker, NDCG@10: "
         + ", ".join(
-            f"{_LABELS[m]} {metrics['models'][m]['ndcg@10']:.4f}"
-            for m in MODELS
-            if m != "two_stage"
+            f"{_LABELS[m]} {metrics['models'][m]['ndcg@10']:.4f}" for m in MODELS if m != "served"
         ),
         f"- Promotable: {summary['promotable']}",
+        *[f"  - {reason}" for reason in summary.get("promotion_reasons", [])],
+        "",
+        "## Served order (chosen on validation lists)",
+        "",
+        *selection_table(selection),
         "",
         "## Tuning (validation window)",
         "",

@@ -23,7 +23,7 @@ from recsys import REPO_ROOT
 from recsys.model.data.loaders import load_dataset, load_movielens
 from recsys.model.evaluate import LABELS, MODELS
 from recsys.model.pipeline import TrainConfig, train_pipeline
-from recsys.model.report import tuning_table
+from recsys.model.report import selection_table, tuning_table
 
 DEFAULT_MOVIELENS = REPO_ROOT.parent / "shared" / "data" / "ml-latest-small"
 _SHOWN = ("ndcg@10", "recall@10", "map@10", "mrr@10", "coverage@10")
@@ -50,7 +50,7 @@ def _table(results: list[dict]) -> list[str]:
     for run in results:
         for model in MODELS:
             row = run["metrics"]["models"][model]
-            name = f"**{LABELS[model]}**" if model == "two_stage" else LABELS[model]
+            name = f"**{LABELS[model]}**" if model == "served" else LABELS[model]
             values = " | ".join(f"{row[m]:.4f}" for m in _SHOWN)
             lines.append(f"| {run['name']} | {name} | {values} |")
     return lines
@@ -60,22 +60,29 @@ def _summary(run: dict) -> list[str]:
     metrics = run["metrics"]
     models = metrics["models"]
     n = metrics["num_candidates"]
+    served = models["served"]["ndcg@10"]
     two_stage = models["two_stage"]["ndcg@10"]
     singles = {m: models[m]["ndcg@10"] for m in ("popularity", "ann", "item_item")}
     best_name, best = max(singles.items(), key=lambda pair: pair[1])
     popular = models["popularity"]["ndcg@10"]
+    choice = metrics.get("selection") or {}
     recall = ", ".join(f"{k} {v:.4f}" for k, v in metrics["candidate_recall_by_source"].items())
     return [
         f"### {run['name']}",
         "",
         f"- {metrics['users']} evaluated users; training {run['seconds']:.1f} s "
         f"({', '.join(f'{k} {v:.1f}' for k, v in run['timings'].items())}).",
-        f"- Two-stage NDCG@10 {two_stage:.4f}; best single source {LABELS[best_name]} "
-        f"{best:.4f} ({(two_stage / best - 1) * 100:+.1f}%); popularity "
-        f"{popular:.4f} ({two_stage / max(popular, 1e-9):.2f}x).",
+        f"- Served: {choice.get('served_label', 'ranker')}. Served NDCG@10 {served:.4f}; "
+        f"best single source {LABELS[best_name]} {best:.4f} ({(served / best - 1) * 100:+.1f}%); "
+        f"popularity {popular:.4f} ({served / max(popular, 1e-9):.2f}x); the ranker's order "
+        f"{two_stage:.4f} ({two_stage / max(popular, 1e-9):.2f}x popularity).",
         f"- Candidate recall@{n}: {recall}.",
         f"- Item-item: {metrics['index'].get('item_item')} over "
         f"{metrics['index'].get('item_item_active_items')} items.",
+        "",
+        "Served order, chosen on validation lists:",
+        "",
+        *selection_table(choice),
         "",
         "<details><summary>tuning table</summary>",
         "",
@@ -107,8 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         results.append(
             {"name": name, "seconds": seconds, "timings": result.timings, "metrics": result.metrics}
         )
-        two_stage = result.metrics["models"]["two_stage"]["ndcg@10"]
-        print(f"  done in {seconds:.1f} s: two-stage NDCG@10 {two_stage:.4f}", flush=True)
+        models = result.metrics["models"]
+        print(
+            f"  done in {seconds:.1f} s: served ({result.ranker.serving_order}) NDCG@10 "
+            f"{models['served']['ndcg@10']:.4f}, "
+            f"ranker's order {models['two_stage']['ndcg@10']:.4f}",
+            flush=True,
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "relevance.json").write_text(json.dumps(results, indent=2, default=str))
     lines = [

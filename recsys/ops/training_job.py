@@ -427,14 +427,17 @@ def _run_steps(config: RetrainConfig, reporter: Reporter, result: RetrainResult)
             train_config,
             rejects_dir=str(config.out / "rejects"),
         )
-        ndcg = trained.metrics["models"]["two_stage"]["ndcg@10"]
+        ndcg = trained.metrics["models"]["served"]["ndcg@10"]
         result.facts["candidate_ndcg_at_10"] = ndcg
         settings = (
             f"the settings of {stable}"
             if reused
             else ("tuned settings" if train_config.tuning.enabled else "configured settings")
         )
-        note["detail"] = f"two-stage ndcg@10 {ndcg:.4f}, data {trained.data_hash}, {settings}"
+        order = trained.ranker.serving_order
+        note["detail"] = (
+            f"served ({order}) ndcg@10 {ndcg:.4f}, data {trained.data_hash}, {settings}"
+        )
     with reporter.step("gate") as note:
         if not trained.promotable:
             raise RetrainRefused("promotion gate: " + "; ".join(trained.promotion_reasons))

@@ -127,11 +127,13 @@ def _score(
     candidates = num_candidates or retrieval.config.num_candidates
     metrics = evaluate_models(retrieval, ranker, evaluation, (10,), candidates)
     meta = bentoml.models.get(full_ranking).info.metadata
-    trained = (meta.get("metrics", {}).get("two_stage") or {}).get(METRIC)
+    saved = meta.get("metrics", {})
+    # The served pipeline's figure; a model saved before the served order existed: its ranker's.
+    trained = (saved.get("served") or saved.get("two_stage") or {}).get(METRIC)
     return PairScore(
         retrieval_tag=full_retrieval,
         ranking_tag=full_ranking,
-        ndcg=float(metrics["models"]["two_stage"][METRIC]),
+        ndcg=float(metrics["models"]["served"][METRIC]),
         users=int(metrics["users"]),
         trained_ndcg=float(trained) if trained is not None else None,
         data_hash=str(meta.get("data_hash", "")),

@@ -9,9 +9,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypedDict, TypeVar
+from typing import Any, NotRequired, Protocol, TypedDict, TypeVar
 
 from recsys.errors import ModelNotReady
+from recsys.model.ordering import RANKER
 from recsys.serving.reranking import top_k_items
 from recsys.serving.settings import ServingSettings
 from recsys.tracing import SpanKind, hash_id, mark_error, set_attributes, tracer
@@ -104,6 +105,7 @@ class Ranked(TypedDict):
     order: list[int]
     scores: list[float]
     model_version: str
+    order_by: NotRequired[str]
 
 
 class Similar(TypedDict):
@@ -263,6 +265,8 @@ class RecommendPipeline:
                 )
                 set_attributes(span, category_cap=settings.category_cap, returned=len(items))
             versions["ranking"] = ranked["model_version"]
+            if ranked.get("order_by", RANKER) != RANKER:
+                versions["ranking_order"] = f"{ranked['order_by']} (ranker off)"
         except Exception as exc:
             self._fallback("ranking", exc, degraded)
             order = range(len(candidates["item_ids"]))

@@ -19,3 +19,19 @@ def test_ranker_uses_early_stopping(tiny_result):
     info = tiny_result.ranker.info
     assert 0 <= info["best_iteration"] < tiny_result.config.ranker.n_estimators
     assert info["training_queries"] > 0 and info["valid_ndcg_at_10"] > 0
+
+
+def test_selection_users_are_split_off_with_all_their_lists():
+    from recsys.model.ranking import RankingExamples
+
+    users = np.array(["a", "b", "c", "d", "e", "a", "b", "c", "d", "e"], dtype=object)
+    query = np.repeat(np.arange(10), 3)
+    examples = RankingExamples(
+        np.arange(30, dtype=np.float32).reshape(30, 1), np.ones(30), query, users
+    )
+    rest, selection = examples.split_users(0.4, seed=0)
+    chosen = set(users[np.unique(selection.query)])
+    assert len(chosen) == 2 and chosen.isdisjoint(users[np.unique(rest.query)])
+    assert len(selection.query) == 12 and len(rest.query) + len(selection.query) == 30
+    again = examples.split_users(0.4, seed=0)[1]
+    assert np.array_equal(again.query, selection.query)

@@ -45,3 +45,42 @@ def test_random_split_is_seeded(tiny_data):
 def test_random_split_bad_ratio(tiny_data, ratio):
     with pytest.raises(DataError, match="ratio"):
         random_split(tiny_data.interactions, ratio=ratio)
+
+
+def _row_keys(frame: pd.DataFrame) -> set[tuple]:
+    columns = [schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP]
+    return set(map(tuple, frame[columns].astype(str).to_numpy().tolist()))
+
+
+def test_random_label_folds_cross_fit_the_history_before_test(tiny_data):
+    from recsys.model.data.split import label_folds
+
+    split = random_split(tiny_data.interactions, seed=1)
+    assert [fold.own for fold in label_folds(split, 1)] == [True]
+    folds = label_folds(split, 5, seed=0)
+    history = split.history_before_test
+    assert len(folds) == 5 and not any(fold.own for fold in folds)
+    assert sum(len(fold.labels) for fold in folds) == len(history)
+    for fold in folds:
+        assert len(fold.train) + len(fold.labels) == len(history)
+        assert _row_keys(fold.labels).isdisjoint(_row_keys(split.test))
+    # Each user's events spread over the folds: a heavy user is labelled in every fold.
+    heavy = history[schema.USER_ID].value_counts().index[0]
+    assert all((fold.labels[schema.USER_ID] == heavy).any() for fold in folds)
+    again = label_folds(split, 5, seed=0)
+    assert all(a.labels.equals(b.labels) for a, b in zip(folds, again, strict=True))
+
+
+def test_chronological_label_folds_move_back_in_time_and_never_reach_test(tiny_data):
+    from recsys.model.data.split import label_folds
+
+    split = chronological_split(tiny_data.interactions, validation_days=5, test_days=5)
+    folds = label_folds(split, 3)
+    assert folds[0].own and len(folds) == 3
+    ts = schema.TIMESTAMP
+    for earlier, later in zip(folds[1:], folds[:-1], strict=True):
+        assert earlier.cutoff < later.cutoff
+        assert earlier.labels[ts].max() < later.labels[ts].min()
+    for fold in folds:
+        assert fold.train[ts].max() < fold.cutoff <= fold.labels[ts].min()
+        assert fold.labels[ts].max() < split.test_start

@@ -9,7 +9,8 @@ are shuffled and a `ratio` share stays in history; the rest is held out. The sam
 applied once more inside the history to get the ranker's label set.
 
 `label_folds` gives the ranker more lists to learn from than one validation window holds:
-earlier windows of the same length (chronological) or other holdouts of the history (random).
+earlier windows of the same length (chronological) or K-fold cross-fitting of the history
+(random).
 """
 
 from __future__ import annotations
@@ -123,30 +124,43 @@ def random_split(interactions: pd.DataFrame, ratio: float = 0.75, seed: int = 0)
 @dataclass
 class LabelFold:
     """Events to fit candidate sources on, the later (or held-out) events that label their
-    candidates, and the time features may look up to."""
+    candidates, and the time features may look up to. `own` marks the split's own (train,
+    validation) pair, on which tuning already fitted the sources."""
 
     train: pd.DataFrame
     labels: pd.DataFrame
     cutoff: pd.Timestamp
+    own: bool = False
 
 
-def label_folds(split: Split, count: int, ratio: float = 0.75, seed: int = 0) -> list[LabelFold]:
-    """The split's own (train, validation) fold, then up to `count - 1` more that never touch
-    test: validation windows shifted back by whole window lengths, or other per-user holdouts
-    of the history. A chronological fold is left out when its train or label window is empty."""
-    folds = [LabelFold(split.train, split.validation, split.validation_start)]
+def label_folds(split: Split, count: int, seed: int = 0) -> list[LabelFold]:
+    """Where the ranker's training lists come from.
+
+    One fold: the split's own (train, validation). More, random split: K-fold cross-fitting
+    of the whole history before test (each user's events dealt at random into `count` folds;
+    sources fitted on the other folds, labels from the held-out one), so the sources behind
+    the ranker's features are fitted on (K-1)/K of what the served ones see, not on the
+    smaller train window. More, chronological: the split's own fold, then validation windows
+    moved back by whole window lengths, each with the sources fitted before it (a fold is left
+    out when its train or label window is empty).
+    """
+    own = LabelFold(split.train, split.validation, split.validation_start, own=True)
+    if count <= 1:
+        return [own]
     if split.kind == "random":
         history = split.history_before_test
-        for fold in range(1, count):
-            held_out = _holdout_mask(history, ratio, np.random.default_rng([seed, fold]))
-            folds.append(
-                LabelFold(
-                    history[~held_out].reset_index(drop=True),
-                    history[held_out].reset_index(drop=True),
-                    split.validation_start,
-                )
+        keys = pd.Series(np.random.default_rng([seed, 7]).random(len(history)), index=history.index)
+        position = keys.groupby(history[schema.USER_ID]).rank(method="first").to_numpy() - 1
+        fold_of = position.astype(np.int64) % count
+        return [
+            LabelFold(
+                history[fold_of != fold].reset_index(drop=True),
+                history[fold_of == fold].reset_index(drop=True),
+                split.validation_start,
             )
-        return folds
+            for fold in range(count)
+        ]
+    folds = [own]
     window = split.test_start - split.validation_start
     ts = split.train[schema.TIMESTAMP]
     for fold in range(1, count):
