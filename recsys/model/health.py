@@ -84,6 +84,17 @@ class Bins:
         return np.bincount(idx, minlength=len(self.shares))
 
 
+def feature_psi(
+    reference: np.ndarray, current: np.ndarray, names: tuple[str, ...], n_bins: int = 10
+) -> dict[str, float]:
+    """PSI of each feature column of `current` against `reference`'s quantile bins."""
+    out = {}
+    for column, name in enumerate(names):
+        bins = Bins.from_sample(reference[:, column], n_bins)
+        out[name] = round(psi(np.asarray(bins.shares), bins.count(current[:, column])), 4)
+    return out
+
+
 @dataclass
 class TrainingSnapshot:
     """What serving looked like on the training data's newest window (saved in the model)."""

@@ -22,7 +22,8 @@ from recsys.model.data import schema
 from recsys.model.data.split import Split, chronological_split, label_folds, random_split
 from recsys.model.data.validate import ValidationReport, validate_dataset
 from recsys.model.evaluate import evaluate_models, held_out_relevance, promotion_decision
-from recsys.model.features import build_feature_tables
+from recsys.model.features import FEATURE_NAMES, build_feature_tables
+from recsys.model.health import feature_psi
 from recsys.model.ordering import compare_orders
 from recsys.model.ranking import (
     Ranker,
@@ -199,6 +200,29 @@ def ranking_examples(
     )
 
 
+def feature_skew(
+    examples: RankingExamples,
+    retrieval: RetrievalModel,
+    tables,
+    config: TrainConfig,
+    max_users: int = 500,
+) -> dict[str, Any]:
+    """PSI of each ranker feature between its training lists and the serving regime's lists
+    (the final sources and tables) of the same users: how far the refit moves what the
+    ranker reads."""
+    users = np.unique(examples.query_users)
+    if len(users) > max_users:
+        users = np.sort(np.random.default_rng(config.seed).choice(users, max_users, replace=False))
+    rows = np.isin(examples.query_users[examples.query], users)
+    serving = []
+    for user_id in users:
+        user_idx = retrieval.users.index_of(user_id)
+        candidates = retrieval.retrieve_indices(user_idx, config.retrieval.num_candidates)
+        serving.append(candidate_features(tables, user_idx, candidates))
+    psi = feature_psi(examples.features[rows], np.vstack(serving), FEATURE_NAMES)
+    return {"users": len(users), "psi": psi}
+
+
 def ranker_trial(info: dict, config: RankerConfig, seconds: float) -> dict[str, Any]:
     """The ranker's row of the search table: its number of trees is chosen by early stopping
     on held-out validation queries (a grid over depth and leaf weight moved validation NDCG
@@ -292,9 +316,8 @@ def train_pipeline(
             )
             parts.append(ranking_examples(retrieval_a, tables_a, fold.labels, config))
     with clock.stage("ranker"):
-        examples, selection = RankingExamples.concat(parts).split_users(
-            config.ranker.selection_share, config.seed
-        )
+        all_examples = RankingExamples.concat(parts)
+        examples, selection = all_examples.split_users(config.ranker.selection_share, config.seed)
         start = time.perf_counter()
         booster, ranker_info = train_ranker(examples, config.ranker)
         ranker_info["label_folds"] = len(folds)
@@ -332,6 +355,9 @@ def train_pipeline(
         )
         ranker = Ranker(booster, tables, retrieval.users, items, config.ranker, ranker_info)
 
+    with clock.stage("feature skew"):
+        skew = feature_skew(all_examples, retrieval, tables, config)
+
     with clock.stage("evaluate"):
         evaluation = held_out_relevance(
             split.test, retrieval, max_users=config.max_eval_users, seed=config.seed
@@ -346,6 +372,7 @@ def train_pipeline(
             if k not in ("feature_importance_gain", "selection")
         }
         metrics["tuning"] = tuning
+        metrics["feature_skew"] = skew
         promotable, reasons = promotion_decision(metrics)
 
     return TrainResult(

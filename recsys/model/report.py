@@ -130,6 +130,10 @@ def write_report(summary: dict, out_dir: str | Path) -> dict[str, Path]:
         "",
         *selection_table(metrics.get("selection")),
         "",
+        "## Train/serve skew of the ranker's features",
+        "",
+        *skew_table(metrics.get("feature_skew")),
+        "",
         "## Tuning on the validation window",
         "",
         *tuning_table(metrics.get("tuning") or {}),
@@ -191,6 +195,22 @@ def selection_table(selection: dict | None) -> list[str]:
         chosen = " (served)" if name == selection["served"] else ""
         lines.append(f"| {name}{chosen} | {value:.4f} | {difference} |")
     return lines
+
+
+def skew_table(skew: dict | None, shown: int = 8) -> list[str]:
+    """The ranker features that move most between its training lists and the serving regime."""
+    if not skew or not skew.get("psi"):
+        return ["Not measured."]
+    ranked = sorted(skew["psi"].items(), key=lambda pair: -pair[1])
+    return [
+        f"PSI per feature, training lists vs the final sources' lists of the same "
+        f"{skew['users']} users (< 0.1 stable, 0.1-0.25 moderate, > 0.25 a real shift); "
+        f"the {min(shown, len(ranked))} largest:",
+        "",
+        "| feature | PSI |",
+        "|---|---|",
+        *[f"| {name} | {value:.3f} |" for name, value in ranked[:shown]],
+    ]
 
 
 def model_card(summary: dict) -> str:

@@ -23,7 +23,7 @@ from recsys import REPO_ROOT
 from recsys.model.data.loaders import load_dataset, load_movielens
 from recsys.model.evaluate import LABELS, MODELS
 from recsys.model.pipeline import TrainConfig, train_pipeline
-from recsys.model.report import selection_table, tuning_table
+from recsys.model.report import selection_table, skew_table, tuning_table
 
 DEFAULT_MOVIELENS = REPO_ROOT.parent / "shared" / "data" / "ml-latest-small"
 _SHOWN = ("ndcg@10", "recall@10", "map@10", "mrr@10", "coverage@10")
@@ -83,6 +83,8 @@ def _summary(run: dict) -> list[str]:
         "Served order, chosen on validation lists:",
         "",
         *selection_table(choice),
+        "",
+        *skew_table(metrics.get("feature_skew"), shown=5),
         "",
         "<details><summary>tuning table</summary>",
         "",

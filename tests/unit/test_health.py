@@ -125,3 +125,14 @@ def test_model_health_reports_age_and_switches_with_the_version(snapshot, tmp_pa
     health.on_retrieval("v2", True, [0.1] * 5)  # no snapshot: age from creation
     assert ages[-1][0] == "v2" and 55 < ages[-1][2] < 120
     assert health.monitor is None and drift == ["v1"]
+
+
+def test_feature_psi_is_small_for_the_same_distribution_and_large_for_a_shift():
+    from recsys.model.health import feature_psi
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(5000, 2))
+    current = np.column_stack([rng.normal(size=5000), rng.normal(loc=1.5, size=5000)])
+    values = feature_psi(reference, current, ("same", "shifted"))
+    assert values["same"] < 0.02
+    assert values["shifted"] > 0.5
