@@ -57,7 +57,7 @@ run: setup ## The main job: data + train (when no model is stored), then serve o
 retrain-demo: setup ## Continuous-training loop locally: serve, new day, retrain, gate, preflight, canary (dry run), broken day refused
 	BENTOML_HOME=$(CURDIR)/reports/retrain-demo/bentoml $(PY) -m recsys.ops.retrain_demo --workdir reports/retrain-demo
 
-relevance: data ## Baselines vs single sources vs two-stage on MovieLens (../shared/data) and the synthetic data, both protocols: reports/relevance/
+relevance: data ## Baselines vs single sources vs two-stage on MovieLens (../shared/data) and the synthetic data, three protocols: reports/relevance/
 	$(PY) -m recsys.ops.relevance --data $(DATA) --movielens $(MOVIELENS) --out reports/relevance
 
 evaluate: setup ## Evaluate the latest stored models on $(DATA)'s test window

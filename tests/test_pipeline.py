@@ -114,6 +114,15 @@ def test_random_split_runs(tiny_data):
     assert result.metrics["users"] > 100
 
 
+def test_temporal_split_runs(tiny_data):
+    config = tiny_train_config(split="temporal")
+    config = dataclasses.replace(config, ranker=dataclasses.replace(config.ranker, label_folds=2))
+    result = train_pipeline(tiny_data.interactions, tiny_data.catalog, config)
+    assert result.split["kind"] == "temporal"
+    assert result.metrics["ranker"]["label_folds"] == 2
+    assert result.metrics["users"] > 100
+
+
 def test_report_files(tiny_result, tmp_path):
     summary = {
         "metrics": tiny_result.metrics,

@@ -147,9 +147,19 @@ def train(
     out: Annotated[Path, typer.Option(help="Report directory")] = Path("reports/latest"),
     movielens: Annotated[bool, typer.Option(help="Read MovieLens files from --data")] = False,
     split: Annotated[
-        str, typer.Option(help="chronological (time windows) or random (per-user holdout)")
+        str,
+        typer.Option(
+            help="chronological (global time windows), random (per-user random holdout) or "
+            "temporal (per user, the latest --holdout share of events is test)"
+        ),
     ] = "chronological",
     ratio: Annotated[float, typer.Option(help="History share with --split random")] = 0.75,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            min=0.01, max=0.99, help="Share of each user's latest events held out, --split temporal"
+        ),
+    ] = 0.2,
     validation_days: Annotated[float, typer.Option(min=0.01)] = 14.0,
     test_days: Annotated[float, typer.Option(min=0.01)] = 14.0,
     algorithm: Annotated[str, typer.Option(help="als or bpr")] = "als",
@@ -169,8 +179,8 @@ def train(
     """Train retrieval and ranking, evaluate them on the held-out window, store the models."""
     from recsys.model.pipeline import TrainConfig, train_pipeline
 
-    if split not in ("chronological", "random"):
-        raise RecsysError(f"--split must be chronological or random, got {split!r}")
+    if split not in ("chronological", "random", "temporal"):
+        raise RecsysError(f"--split must be chronological, random or temporal, got {split!r}")
     if algorithm not in ("als", "bpr"):
         raise RecsysError(f"--algorithm must be als or bpr, got {algorithm!r}")
     base = TrainConfig()
@@ -178,6 +188,7 @@ def train(
         base,
         split=split,  # type: ignore[arg-type]
         ratio=ratio,
+        holdout=holdout,
         validation_days=validation_days,
         test_days=test_days,
         max_reject_ratio=max_reject_ratio,

@@ -19,7 +19,13 @@ import numpy as np
 import pandas as pd
 
 from recsys.model.data import schema
-from recsys.model.data.split import Split, chronological_split, label_folds, random_split
+from recsys.model.data.split import (
+    Split,
+    chronological_split,
+    label_folds,
+    random_split,
+    temporal_split,
+)
 from recsys.model.data.validate import ValidationReport, validate_dataset
 from recsys.model.evaluate import evaluate_models, held_out_relevance, promotion_decision
 from recsys.model.features import FEATURE_NAMES, build_feature_tables
@@ -63,8 +69,10 @@ TINY_TRAINING: dict[str, Any] = {
 class TrainConfig:
     """Everything that decides a training run's outcome (with the data)."""
 
-    split: Literal["chronological", "random"] = "chronological"
+    split: Literal["chronological", "random", "temporal"] = "chronological"
     ratio: float = 0.75
+    # Share of each user's latest events held out (test, then validation) with split temporal.
+    holdout: float = 0.2
     validation_days: float = 14.0
     test_days: float = 14.0
     max_reject_ratio: float = 0.05
@@ -88,6 +96,7 @@ class TrainConfig:
         return cls(
             split=saved.get("split", "chronological"),
             ratio=saved.get("ratio", 0.75),
+            holdout=saved.get("holdout", 0.2),
             validation_days=saved.get("validation_days", 14.0),
             test_days=saved.get("test_days", 14.0),
             seed=saved.get("seed", 0),
@@ -245,6 +254,8 @@ def ranker_trial(info: dict, config: RankerConfig, seconds: float) -> dict[str, 
 def make_split(interactions: pd.DataFrame, config: TrainConfig) -> Split:
     if config.split == "random":
         return random_split(interactions, ratio=config.ratio, seed=config.seed)
+    if config.split == "temporal":
+        return temporal_split(interactions, holdout=config.holdout)
     return chronological_split(interactions, config.validation_days, config.test_days)
 
 
