@@ -35,6 +35,7 @@ from recsys.model.ranking import (
     Ranker,
     RankerConfig,
     RankingExamples,
+    booster_scores,
     candidate_features,
     train_ranker,
 )
@@ -340,9 +341,7 @@ def train_pipeline(
             selection.labels,
             np.unique(selection.query, return_inverse=True)[1],
             selection.query_users[np.unique(selection.query)],
-            booster.inplace_predict(
-                selection.features, iteration_range=(0, booster.best_iteration + 1)
-            ),
+            booster_scores(booster, ranker_info["prior"], selection.features),
             config.ranker.serving_order,
             config.seed,
         )

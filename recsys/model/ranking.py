@@ -16,7 +16,14 @@ import numpy as np
 import xgboost as xgb
 
 from recsys.model.features import FEATURE_NAMES, FeatureTables, assemble_features
-from recsys.model.ordering import ORDER_LABELS, ORDERS, RANKER, order_scores
+from recsys.model.ordering import (
+    ORDER_LABELS,
+    ORDERS,
+    RANK_COLUMNS,
+    RANKER,
+    list_ndcg,
+    order_scores,
+)
 from recsys.model.retrieval import Candidates
 from recsys.model.sources import SCORE_SIGNALS, SIGNAL_NAMES, SOURCE_ANN, SOURCE_POPULAR
 from recsys.model.vocab import Vocabulary
@@ -44,9 +51,17 @@ class RankerConfig:
     selection_share: float = 0.2
     # "auto": the order that wins on the selection lists; or one of `ordering.ORDERS`.
     serving_order: str = "auto"
+    # Boost from a source order's ranks ("best": the best on the training lists; "none": from
+    # zero): the trees learn corrections to it, and early stopping keeps it when they find none.
+    prior: str = "best"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.prior not in ("best", "none", *RANK_COLUMNS):
+            raise ValueError(
+                f"ranker.prior must be best, none or one of {list(RANK_COLUMNS)}, "
+                f"not {self.prior!r}"
+            )
         if self.serving_order not in ("auto", *ORDERS):
             raise ValueError(
                 f"ranker.serving_order must be auto or one of {list(ORDERS)}, "
@@ -125,6 +140,40 @@ def candidate_features(tables: FeatureTables, user_idx: int, candidates: Candida
     )
 
 
+# Ranks past this count as "not proposed": the prior's margin bottoms out there.
+_PRIOR_DEPTH = 1000.0
+
+
+def prior_margin(prior: str | None, features: np.ndarray) -> np.ndarray | None:
+    """The starting score of each candidate row: -log(1 + its rank in the prior order)."""
+    if not prior or prior == "none":
+        return None
+    ranks = np.minimum(-order_scores(prior, features), _PRIOR_DEPTH)
+    return (-np.log1p(ranks)).astype(np.float32)
+
+
+def booster_scores(booster: xgb.Booster, prior: str | None, features: np.ndarray) -> np.ndarray:
+    """The booster's scores of feature rows at its best iteration, from its prior's margin."""
+    # inplace_predict skips building a DMatrix: about half the time of predict() per request.
+    return booster.inplace_predict(
+        features,
+        iteration_range=(0, int(booster.best_iteration) + 1),
+        base_margin=prior_margin(prior, features),
+    )
+
+
+def _best_prior(train: RankingExamples, rows: np.ndarray, config: RankerConfig) -> str:
+    if config.prior != "best":
+        return config.prior
+    _, query = np.unique(train.query[rows], return_inverse=True)
+    features, labels = train.features[rows], train.labels[rows]
+    quality = {
+        name: float(list_ndcg(order_scores(name, features), labels, query).mean())
+        for name in RANK_COLUMNS
+    }
+    return max(quality, key=lambda name: quality[name])
+
+
 def train_ranker(train: RankingExamples, config: RankerConfig) -> tuple[xgb.Booster, dict]:
     """Fit LambdaMART with early stopping on a held-out share of users (all their queries, so
     no user of the early-stopping set is also learnt from in another fold)."""
@@ -151,16 +200,19 @@ def train_ranker(train: RankingExamples, config: RankerConfig) -> tuple[xgb.Boos
         "seed": config.seed,
         "nthread": 0,
     }
+    prior = _best_prior(train, fit, config)
     dtrain = xgb.DMatrix(
         train.features[fit],
         label=train.labels[fit],
         qid=train.query[fit],
+        base_margin=prior_margin(prior, train.features[fit]),
         feature_names=list(FEATURE_NAMES),
     )
     dvalid = xgb.DMatrix(
         train.features[valid],
         label=train.labels[valid],
         qid=train.query[valid],
+        base_margin=prior_margin(prior, train.features[valid]),
         feature_names=list(FEATURE_NAMES),
     )
     history: dict = {}
@@ -180,6 +232,7 @@ def train_ranker(train: RankingExamples, config: RankerConfig) -> tuple[xgb.Boos
         "training_rows": int(fit.sum()),
         "training_queries": int(len(queries) - len(held_out)),
         "early_stopping_queries": len(held_out),
+        "prior": prior,
         "feature_importance_gain": {
             k: round(v, 3) for k, v in booster.get_score(importance_type="gain").items()
         },
@@ -219,8 +272,7 @@ class Ranker:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Scores for a feature matrix, using the best iteration found by early stopping."""
-        # inplace_predict skips building a DMatrix: about half the time of predict() per request.
-        return self.booster.inplace_predict(features, iteration_range=self._iteration_range)
+        return booster_scores(self.booster, self.info.get("prior"), features)
 
     def features_for(self, user_id: str, columns: dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
         """Feature matrix for candidate columns (ids, scores, sources, signals), and the mask
