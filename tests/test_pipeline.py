@@ -12,7 +12,7 @@ from recsys.model.data import schema
 from recsys.model.evaluate import MODELS
 from recsys.model.pipeline import make_split, train_pipeline
 from recsys.model.report import write_report
-from recsys.model.tuning import TuningConfig
+from recsys.model.tuning import ALS_GRID, TuningConfig
 from tests.conftest import tiny_train_config
 
 pytestmark = pytest.mark.integration
@@ -35,12 +35,13 @@ def test_pipeline_produces_all_models_and_slices(tiny_result):
 
 
 def test_tuning_searches_every_stage_on_validation_only(tiny_data):
-    config = tiny_train_config(tuning=TuningConfig(enabled=True, budget_seconds=5, max_users=500))
+    config = tiny_train_config(tuning=TuningConfig(enabled=True, max_users=500))
     result = train_pipeline(tiny_data.interactions, tiny_data.catalog, config)
     tuning = result.metrics["tuning"]
     stages = [trial["stage"] for trial in tuning["trials"]]
     assert {"popularity", "item-item", "item-item profile", "als", "merge", "order"} <= set(stages)
     assert stages[-1] == "ranker" and tuning["users"] <= 500
+    assert tuning["capped"] == [] and stages.count("als") == len(ALS_GRID)  # the whole grid
     for stage in set(stages):  # one choice per stage, and the trained models use it
         assert sum(t["chosen"] for t in tuning["trials"] if t["stage"] == stage) == 1
     merge = next(t for t in tuning["trials"] if t["stage"] == "merge" and t["chosen"])

@@ -171,9 +171,15 @@ def train(
     tune: Annotated[
         bool, typer.Option(help="Search the sources' and ranker's settings on validation")
     ] = True,
-    tune_budget: Annotated[
-        float, typer.Option(min=0, help="Seconds per tuning stage that refits a model per trial")
-    ] = 10.0,
+    tune_trials: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Trials per tuning stage that refits a model (item-item, ALS); a count, not "
+            "seconds, so any machine picks the same settings [default: TuningConfig.max_trials, "
+            "the whole grids]",
+        ),
+    ] = None,
     save: Annotated[bool, typer.Option(help="Store models in the BentoML model store")] = True,
 ) -> None:
     """Train retrieval and ranking, evaluate them on the held-out window, store the models."""
@@ -202,7 +208,7 @@ def train(
         ),
         retrieval=replace(base.retrieval, num_candidates=candidates),
         ranker=replace(base.ranker, seed=seed),
-        tuning=replace(base.tuning, enabled=tune, budget_seconds=tune_budget),
+        tuning=replace(base.tuning, enabled=tune, max_trials=tune_trials or base.tuning.max_trials),
     )
     interactions, catalog = _load(data, movielens)
     result = train_pipeline(
@@ -213,7 +219,7 @@ def train(
 
 def _finish(result, out: Path, save: bool, interactions=None) -> None:
     from recsys.model.artifacts import code_revision, save_models
-    from recsys.model.report import write_report
+    from recsys.model.report import capped_warning, write_report
 
     summary = {
         "metrics": result.metrics,
@@ -240,6 +246,8 @@ def _finish(result, out: Path, save: bool, interactions=None) -> None:
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     console.print(f"stage timings: {timing} (total {sum(result.timings.values()):.1f}s)")
     console.print(f"served order: {result.ranker.order_label} (chosen on validation lists)")
+    if warning := capped_warning(result.metrics.get("tuning") or {}):
+        console.print(f"[yellow]warning:[/] {warning}")
     verdict = "[green]promotable[/]" if result.promotable else "[red]not promotable[/]"
     console.print(f"verdict: {verdict} " + "; ".join(result.promotion_reasons))
     for name, tag in summary.get("model_tags", {}).items():

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from recsys.errors import ConfigError
 from recsys.model.data import schema
 from recsys.model.data.split import (
     Split,
@@ -62,7 +63,7 @@ TINY_TRAINING: dict[str, Any] = {
     # Off: on 600 users each day's search picks other settings and the two-stage NDCG@10 moves
     # by up to 8% a day, beyond the retraining tests' 5% tolerance (about 3% with it off).
     # The tuning itself is tested on this data with `tuning={"enabled": True, ...}`.
-    "tuning": {"enabled": False, "budget_seconds": 5.0, "max_users": 500},
+    "tuning": {"enabled": False, "max_users": 500},
 }
 
 
@@ -121,10 +122,18 @@ class TrainConfig:
     @classmethod
     def with_overrides(cls, overrides: dict[str, Any]) -> TrainConfig:
         """The defaults with JSON-shaped overrides (`recsys retrain --train-config`): top-level
-        fields by name, nested configs as objects, e.g. {"embedding": {"iterations": 8}}."""
+        fields by name, nested configs as objects, e.g. {"embedding": {"iterations": 8}}.
+
+        Raises:
+            ConfigError: a field this code does not know, named in one line (a user's old JSON
+                may still carry `tuning.budget_seconds`, replaced by a trial count).
+        """
+        defaults = cls()
+        _check_fields("", defaults, overrides)
         nested = {k: v for k, v in overrides.items() if isinstance(v, dict)}
-        config = replace(cls(), **{k: v for k, v in overrides.items() if k not in nested})
+        config = replace(defaults, **{k: v for k, v in overrides.items() if k not in nested})
         for name, values in nested.items():
+            _check_fields(f"{name}.", getattr(config, name), values)
             config = replace(config, **{name: replace(getattr(config, name), **values)})
         return config
 
@@ -132,6 +141,30 @@ class TrainConfig:
     def tiny(cls, **overrides) -> TrainConfig:
         """Seconds-scale training on `TINY_SYNTH`-sized data: the rehearsal's and the tests'."""
         return replace(cls.with_overrides(TINY_TRAINING), **overrides)
+
+
+# Fields that older releases knew, with what replaced them: named in the error a stale
+# override gets.
+_RENAMED_FIELDS: dict[str, str] = {
+    "tuning.budget_seconds": "tuning.max_trials (trials per refitting stage; "
+    "tuning.safety_seconds is only a safety stop)",
+}
+
+
+def _check_fields(prefix: str, config: Any, overrides: dict[str, Any]) -> None:
+    """Refuse override keys `config` (a dataclass) does not have, before `replace` would raise
+    a bare TypeError."""
+    known = {f.name for f in fields(config)}
+    for key in overrides:
+        if key in known:
+            continue
+        name = prefix + key
+        hint = (
+            f"; it was replaced by {_RENAMED_FIELDS[name]}"
+            if name in _RENAMED_FIELDS
+            else f"; known: {', '.join(sorted(known))}"
+        )
+        raise ConfigError(f"unknown training setting {name!r}{hint}")
 
 
 @dataclass

@@ -152,14 +152,32 @@ def write_report(summary: dict, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
+def capped_warning(tuning: dict) -> str | None:
+    """Why a search's result may differ on another machine, or None when it cannot: the
+    safety cap cut stages short (`TuningResult.table()`'s `capped`)."""
+    if not tuning.get("capped"):
+        return None
+    return (
+        f"the tuning safety cap ({tuning.get('safety_seconds')} s per stage) cut "
+        f"{', '.join(tuning['capped'])} short: fewer trials ran than configured, so the chosen "
+        "settings depend on this machine's speed and may differ elsewhere."
+    )
+
+
 def tuning_table(tuning: dict) -> list[str]:
     """The search table: every trial, its validation figures and which one was kept."""
     if not tuning.get("trials"):
         return ["Tuning was off: the configured settings were trained as they are."]
+    trials = tuning.get("max_trials")
     lines = [
         f"{tuning.get('users', 0)} validation users, {tuning.get('seconds', 0)} s; selection: "
-        f"{tuning.get('selection', '')}. The test window is never read.",
+        f"{tuning.get('selection', '')}. The test window is never read."
+        + (f" Up to {trials} trials per stage that refits a model." if trials else ""),
         "",
+    ]
+    if warning := capped_warning(tuning):
+        lines += [f"> **Warning:** {warning}", ""]
+    lines += [
         "| stage | settings | NDCG@10 | recall@N | seconds | chosen |",
         "|---|---|---|---|---|---|",
     ]

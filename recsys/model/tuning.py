@@ -1,19 +1,22 @@
-"""A small, time-boxed search of the candidate sources' settings on the validation window.
+"""A small, seeded search of the candidate sources' settings on the validation window.
 
 Every trial fits on the train window and is scored on users of the validation window (items
 they had not met before); the test window is never read. Stages run in order, each starting
 from the best settings so far: popularity, item-item, ALS, the sources' shares of the
 candidates, their order. Stages that refit a model per trial (item-item, ALS) run their first
-trial (the current settings) always and the others only while the stage's budget lasts; the
-cheap stages run whole. Exact scoring (no ScaNN) keeps trials cheap; the chosen values are then
+`max_trials` trials (the current settings, then their grid, cheapest first); the cheap stages
+run whole. The trial count, never the clock, decides what runs, so the same data and code pick
+the same settings on any machine; a wall-clock safety cap only stops a runaway stage, and the
+search table flags it. Exact scoring (no ScaNN) keeps trials cheap; the chosen values are then
 trained as usual.
 """
 
 from __future__ import annotations
 
-import time
+import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -85,18 +88,24 @@ ORDER_GRID: tuple[tuple[float, float, float], ...] = (
 )
 _CHUNK = 500
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class TuningConfig:
-    """Whether to search, for how long, and on how many validation users.
+    """Whether to search, how many trials, and on how many validation users.
 
-    `budget_seconds` boxes each stage that refits a model per trial (item-item, ALS): its
-    first trial always runs, the next ones start only while the stage has spent less. On a
-    slower machine fewer trials may run; the search table says which did.
+    `max_trials` bounds each stage that refits a model per trial (item-item, ALS): a count, so
+    the result does not depend on the machine's speed (a seconds budget ran fewer trials on
+    a slower machine and so chose other settings). The default runs the whole of
+    `EASE_LAMBDAS`, `KNN_GRID` and `ALS_GRID`. `safety_seconds` is only a stop for a stage far
+    slower than expected: its first trial always runs, a later one does not start once the
+    stage has spent that long, and the search table lists the stage under `capped`.
     """
 
     enabled: bool = True
-    budget_seconds: float = 10.0
+    max_trials: int = 5
+    safety_seconds: float = 120.0
     max_users: int = 1000
     k: int = 10
 
@@ -135,12 +144,23 @@ class TuningResult:
     seconds: float
     metric: str
     fitted: FittedSources | None = None
+    capped: list[str] = field(default_factory=list)
+    max_trials: int | None = None
+    safety_seconds: float | None = None
 
     def table(self) -> dict[str, Any]:
+        """The search as the report and the model metadata keep it (JSON-shaped).
+
+        `capped` names the stages the safety cap cut short: non-empty means the chosen settings
+        depend on this machine's speed.
+        """
         return {
             "users": self.users,
             "seconds": round(self.seconds, 2),
             "selection": self.metric,
+            "max_trials": self.max_trials,
+            "safety_seconds": self.safety_seconds,
+            "capped": list(self.capped),
             "chosen": {
                 "embedding": asdict(self.embedding),
                 "item_item": asdict(self.item_item),
@@ -244,30 +264,52 @@ def tune_sources(
     candidate recall@num_candidates (NDCG as tie-break), since the ranker can only reorder
     what was retrieved.
     """
-    started = time.perf_counter()
+    started = perf_counter()
     data = _Validation(train, validation, items, config, retrieval.num_candidates, seed)
     trials: list[Trial] = []
+    capped: list[str] = []
     if not len(data.user_idx):
-        return TuningResult(embedding, item_item, retrieval, trials, 0, 0.0, "none")
+        return TuningResult(
+            embedding,
+            item_item,
+            retrieval,
+            trials,
+            0,
+            0.0,
+            "none",
+            max_trials=config.max_trials,
+            safety_seconds=config.safety_seconds,
+        )
 
     def run_stage(
         stage: str,
         candidates: list[tuple[dict, Callable[[], list[np.ndarray]]]],
-        budgeted: bool = False,
+        refits: bool = False,
     ):
-        """Try each candidate (params, lists); a budgeted stage (one that refits a model per
-        trial) only while the budget lasts. Returns the best params and their lists."""
+        """Try each candidate (params, lists), the first `max_trials` of a stage that refits a
+        model per trial; the safety cap stops any stage early (recorded in `capped`). Returns
+        the best params and their lists."""
         best: tuple[tuple[float, float], dict, list[np.ndarray]] | None = None
-        stage_started = time.perf_counter()
+        if refits:
+            candidates = candidates[: max(config.max_trials, 1)]
+        stage_started = perf_counter()
         for position, (params, make_lists) in enumerate(candidates):
-            spent = time.perf_counter() - stage_started
-            if budgeted and position and spent > config.budget_seconds:
+            if position and perf_counter() - stage_started > config.safety_seconds:
+                capped.append(stage)
+                logger.warning(
+                    "tuning stage %s stopped by the %.0f s safety cap after %d of %d trials: "
+                    "its choice depends on this machine's speed",
+                    stage,
+                    config.safety_seconds,
+                    position,
+                    len(candidates),
+                )
                 break
-            start = time.perf_counter()
+            start = perf_counter()
             lists = make_lists()
             ndcg, recall = data.measure(lists)
             key = (recall, ndcg) if stage == "merge" else (ndcg, recall)
-            trials.append(Trial(stage, params, ndcg, recall, round(time.perf_counter() - start, 2)))
+            trials.append(Trial(stage, params, ndcg, recall, round(perf_counter() - start, 2)))
             if best is None or key > best[0]:
                 best = (key, params, lists)
                 for trial in trials:
@@ -326,7 +368,7 @@ def tune_sources(
     chosen, _ = run_stage(
         "item-item",
         [(d, item_lists(o, profiles)) for d, o in zip(describe, options, strict=True)],
-        budgeted=True,
+        refits=True,
     )
     item_item = by_params[str(chosen)]
     best_model = fitted[str(asdict(item_item))]
@@ -370,7 +412,7 @@ def tune_sources(
     chosen, ann_pool = run_stage(
         "als",
         [(p, als_lists(o)) for p, o in zip(als_params, als_options, strict=True)],
-        budgeted=True,
+        refits=True,
     )
     embedding = replace(embedding, **chosen)
 
@@ -423,7 +465,10 @@ def tune_sources(
         retrieval,
         trials,
         len(data.user_idx),
-        time.perf_counter() - started,
+        perf_counter() - started,
         f"ndcg@{config.k}; recall@{data.n} for the merge shares",
         FittedSources(best_model, user_factors, item_factors),
+        capped,
+        config.max_trials,
+        config.safety_seconds,
     )
