@@ -1,9 +1,14 @@
-"""The training pipeline: validate -> split -> retrieval -> ranker -> evaluation.
+"""The training pipeline: validate -> split -> tuning -> retrieval -> ranker -> served order
+-> evaluation.
 
-Two phases keep the ranker honest. Phase A fits retrieval on the train window and learns the
-ranker on its candidates, labelled by the validation window. Phase B refits retrieval on all
-events before the test window, recomputes the feature tables at the test cut-off, and pairs them
-with the phase A booster: these are the evaluated (and saved) models.
+Two phases keep the ranker honest. Phase A fits the sources on each label fold's train events
+(the validation window, earlier windows, or K cross-fitted folds of the history:
+`data.split.label_folds`) and learns the ranker on their candidates, labelled by the fold's
+held-out events; a fifth of those users are set aside to choose the served order (the ranker
+or a source's, `ordering`). Phase B refits the sources on all events before the test window,
+recomputes the feature tables at the test cut-off, and pairs them with the phase A booster:
+these are the evaluated (and saved) models, and the PSI of the ranker's features between the
+two phases is recorded.
 """
 
 from __future__ import annotations
@@ -341,7 +346,7 @@ def train_pipeline(
                     tuned.fitted.item_item,
                 )
 
-    folds = label_folds(split, config.ranker.label_folds, config.seed)
+    folds = label_folds(split, config.ranker.folds_for(split.kind), config.seed)
     parts = []
     for number, fold in enumerate(folds):
         with clock.stage("retrieval (ranker phase)" + (f", fold {number + 1}" if number else "")):

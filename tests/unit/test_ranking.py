@@ -19,6 +19,11 @@ def test_ranker_uses_early_stopping(tiny_result):
     info = tiny_result.ranker.info
     assert 0 <= info["best_iteration"] < tiny_result.config.ranker.n_estimators
     assert info["training_queries"] > 0 and info["valid_ndcg_at_10"] > 0
+    # Boosting from zero and from the best source order compete on the early-stopping users.
+    trials = info["prior_trials"]
+    assert "none" in trials and len(trials) == 2
+    assert info["prior"] == max(trials, key=lambda name: trials[name])
+    assert info["valid_ndcg_at_10"] == trials[info["prior"]]
 
 
 def test_selection_users_are_split_off_with_all_their_lists():
