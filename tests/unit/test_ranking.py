@@ -40,3 +40,13 @@ def test_selection_users_are_split_off_with_all_their_lists():
     assert len(selection.query) == 12 and len(rest.query) + len(selection.query) == 30
     again = examples.split_users(0.4, seed=0)[1]
     assert np.array_equal(again.query, selection.query)
+
+
+def test_label_folds_grow_only_where_one_window_holds_few_users():
+    from recsys.model.ranking import RankerConfig
+
+    auto = RankerConfig()
+    assert auto.folds_for(100) == 5 and auto.folds_for(610) == 5
+    assert auto.folds_for(12_000) == 1
+    assert RankerConfig(label_folds=3).folds_for(100) == 3
+    assert RankerConfig(max_training_users=1000).folds_for(12_000) == 5
