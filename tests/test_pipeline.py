@@ -210,7 +210,7 @@ def test_cli_end_to_end(tmp_path, bentoml_home):
     ("args", "message"),
     [
         (("train", "--data", "missing-dir"), "data directory not found"),
-        (("train", "--split", "sideways"), "--split must be chronological or random"),
+        (("train", "--split", "sideways"), "--split must be chronological, random or temporal"),
         (
             ("evaluate", "--retrieval-tag", "recsys-retrieval:nope"),
             "not in the BentoML model store",
