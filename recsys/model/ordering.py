@@ -58,6 +58,13 @@ def list_ndcg(scores: np.ndarray, labels: np.ndarray, query: np.ndarray, k: int 
     return np.asarray(out)
 
 
+def source_orders_ndcg(
+    features: np.ndarray, labels: np.ndarray, query: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Each source order's NDCG@10 of every list (rows grouped by `query`)."""
+    return {name: list_ndcg(order_scores(name, features), labels, query) for name in RANK_COLUMNS}
+
+
 @dataclass
 class OrderChoice:
     """Each order's mean NDCG@10 on the selection lists, the chosen one and its evidence."""
@@ -127,9 +134,10 @@ def compare_orders(
     """`choose_order` over labelled candidate lists (rows grouped by `query`, one user per list
     in `list_users`) scored by the ranker and by each source order; `forced` overrides the
     choice but not the comparison."""
-    per_list = {RANKER: list_ndcg(ranker_scores, labels, query)}
-    for name in RANK_COLUMNS:
-        per_list[name] = list_ndcg(order_scores(name, features), labels, query)
+    per_list = {
+        RANKER: list_ndcg(ranker_scores, labels, query),
+        **source_orders_ndcg(features, labels, query),
+    }
     choice = choose_order(per_list, list_users, seed)
     if forced != "auto":
         choice.served = forced

@@ -21,8 +21,8 @@ from recsys.model.ordering import (
     ORDERS,
     RANK_COLUMNS,
     RANKER,
-    list_ndcg,
     order_scores,
+    source_orders_ndcg,
 )
 from recsys.model.retrieval import Candidates
 from recsys.model.sources import SCORE_SIGNALS, SIGNAL_NAMES, SOURCE_ANN, SOURCE_POPULAR
@@ -178,12 +178,8 @@ def booster_scores(booster: xgb.Booster, prior: str | None, features: np.ndarray
 def _best_order(train: RankingExamples, rows: np.ndarray) -> str:
     """The source order with the best mean NDCG@10 on the given rows' lists."""
     _, query = np.unique(train.query[rows], return_inverse=True)
-    features, labels = train.features[rows], train.labels[rows]
-    quality = {
-        name: float(list_ndcg(order_scores(name, features), labels, query).mean())
-        for name in RANK_COLUMNS
-    }
-    return max(quality, key=lambda name: quality[name])
+    per_list = source_orders_ndcg(train.features[rows], train.labels[rows], query)
+    return max(per_list, key=lambda name: float(per_list[name].mean()))
 
 
 def _fit_booster(
