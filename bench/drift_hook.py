@@ -1,7 +1,7 @@
 """Cost of the services' model-health hook per answered request (`python -m bench.drift_hook`).
 
 Times `ModelHealth.on_retrieval` (200 candidates) plus `ModelHealth.on_ranking` (200 ranked
-items) as the Retrieval and Ranking services call them, with the gauges of services/common.py
+items) as the Retrieval and Ranking services call them, with the gauges of services/metrics.py
 as prometheus_client gauges in multiprocess mode (what BentoML runs), publishing every 25
 requests (the default). The model does not matter to this cost, so the snapshot and the
 candidates are synthetic. Figures, not assertions.

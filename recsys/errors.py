@@ -1,6 +1,6 @@
 """Typed errors. Each maps to one clear message (CLI) or one HTTP status (services).
 
-`http_status` is the one error -> status mapping of every API: `services.common.respond`
+`http_status` is the one error -> status mapping of every API: `services.answers.respond`
 answers an error raised while serving with the status named here (and the error body every
 service uses); anything not named is a 500.
 """

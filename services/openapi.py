@@ -5,26 +5,25 @@ BentoML 1.4 builds the document from the API signatures (`Service.openapi_spec`)
 to amend it. Its document is wrong for these services in three ways, each fixed here:
 
 1. Error bodies. BentoML declares `detail` a string; its validation errors put a list of objects
-   there, and our middlewares (`services.common`) answered `{"error"}` alone. Every error of every
+   there, and our refusals (`services.front_door`) answered `{"error"}` alone. Every error of every
    service now has one body, `Error` below: `{"error": message, "detail": [{type, loc, msg}]}`.
 2. Request bodies are not marked required, so an empty body counts as valid although it is read
    as `{}` and refused: a body whose schema has required fields is marked required.
-3. Statuses answered before or around BentoML (`services.common`: 401 without the stage token,
+3. Statuses answered before or around BentoML (`services.front_door`: 401 without the stage token,
    413 over the size limit, 415 not JSON, 503 shed or model not ready, with `Retry-After`) are
    declared; 404, which no API answers, is not. A 200 answer is declared with its fields when
    the service names an answer model (`answers`): the model only describes the answer, which is
    still encoded by `json_answer` (never validated or dumped through pydantic).
 
-`ServedContract` serves the amended document in place of BentoML's; it is built once per worker.
+The front door (`services.front_door`) serves the amended document in place of BentoML's; it is
+built once per worker.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
-import orjson
 from pydantic import BaseModel
 
 SCHEMAS = "#/components/schemas/"
@@ -145,30 +144,3 @@ def served_document(
     if SCHEMAS + "TaskStatusResponse" not in json.dumps(document["paths"]):
         schemas.pop("TaskStatusResponse", None)  # no task APIs here
     return document
-
-
-class ServedContract:
-    """ASGI middleware: answer `GET /docs.json` with `served_document` instead of BentoML's.
-
-    Innermost of our middlewares, so a stage's document still needs the stage token.
-    """
-
-    PATH = "/docs.json"
-
-    def __init__(self, app, build: Callable[[], dict]) -> None:
-        self.app = app
-        self.build = build
-        self.body: bytes | None = None
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.PATH or scope["method"] != "GET":
-            await self.app(scope, receive, send)
-            return
-        if self.body is None:
-            self.body = orjson.dumps(self.build())
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(self.body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": self.body})

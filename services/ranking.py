@@ -20,17 +20,10 @@ from recsys.serving.pipeline import CandidateColumns as Columns
 from recsys.serving.pipeline import Ranked
 from recsys.serving.settings import ItemId, UserId
 from recsys.tracing import hash_id, set_attributes
-from services.common import (
-    SETTINGS,
-    LocalStageHandle,
-    RemoteStageHandle,
-    StageService,
-    micro_batcher,
-    packed_model,
-    protect,
-    respond,
-    service_config,
-)
+from services.answers import respond
+from services.config import SETTINGS, packed_model, service_config
+from services.front_door import install_front_door
+from services.stages import LocalStageHandle, RemoteStageHandle, StageService, micro_batcher
 
 MAX_CANDIDATES = 2000
 # One source signal per candidate (`recsys.model.sources.SIGNAL_NAMES`); absent: missing.
@@ -150,7 +143,7 @@ class Ranking(StageService):
         return await respond(self.answer_rank, user_id=user_id, candidates=candidates.model_dump())
 
 
-protect(
+install_front_door(
     Ranking,
     "ranking",
     stage=True,

@@ -5,7 +5,7 @@ A `recommend` request, top to bottom, in four files: `Recommender.recommend` (he
 top k, with timeouts, breakers and fallbacks) -> `self.retrieval.retrieve` and `self.ranking.rank`,
 whose two implementations each sit at the end of the stage's own file: `LocalRetrieval` /
 `RetrievalClient` (`services/retrieval.py`) and `LocalRanking` / `RankingClient`
-(`services/ranking.py`). Every API answers through `services.common.respond` (orjson body, or
+(`services/ranking.py`). Every API answers through `services.answers.respond` (orjson body, or
 the error mapped to its status by `recsys.errors.http_status`).
 
 Where each stage runs is chosen at start, by which stages `--depends` names:
@@ -31,21 +31,13 @@ from recsys.model.retrieval import POPULAR_FILE
 from recsys.serving.models import BackgroundModel
 from recsys.serving.pipeline import CircuitBreaker, RecommendPipeline
 from recsys.serving.settings import ItemId, UserId
-from services.common import (
-    CIRCUIT_STATE,
-    FALLBACKS,
-    MODEL_INFO,
-    SETTINGS,
-    WorkerReadiness,
-    depends_on_stage,
-    install_tracing,
-    json_answer,
-    protect,
-    respond,
-    service_config,
-)
+from services.answers import json_answer, respond
+from services.config import SETTINGS, install_tracing, service_config
+from services.front_door import install_front_door
+from services.metrics import CIRCUIT_STATE, FALLBACKS, MODEL_INFO
 from services.ranking import LocalRanking, Ranking, RankingClient
 from services.retrieval import LocalRetrieval, Retrieval, RetrievalClient
+from services.stages import StageDependency, WorkerReadiness
 
 logger = logging.getLogger("recsys.serving.pipeline")
 # Strict: JSON's types as the document states them (`"10"` is not an integer).
@@ -155,9 +147,9 @@ ANSWERS = {
 @bentoml.service(name="Recommender", **service_config(runner_probe={"enabled": False}))
 class Recommender:
     # Each stage runs in this process (Local*) or, when `--depends` names it, is reached over
-    # HTTP (*Client: JSON and the stage token; services.common.StageDependency).
-    retrieval = depends_on_stage(Retrieval, local=LocalRetrieval, remote=RetrievalClient)
-    ranking = depends_on_stage(Ranking, local=LocalRanking, remote=RankingClient)
+    # HTTP (*Client: JSON and the stage token; services.stages.StageDependency).
+    retrieval = StageDependency(on=Retrieval, local=LocalRetrieval, remote=RetrievalClient)
+    ranking = StageDependency(on=Ranking, local=LocalRanking, remote=RankingClient)
 
     def __init__(self) -> None:
         install_tracing()
@@ -231,7 +223,7 @@ class Recommender:
         return ready
 
 
-protect(
+install_front_door(
     Recommender,
     "gateway",
     stage=False,

@@ -16,18 +16,11 @@ from recsys.model.artifacts import RETRIEVAL_MODEL, load_retrieval
 from recsys.serving.pipeline import Retrieved, Similar
 from recsys.serving.settings import ItemId, UserId
 from recsys.tracing import hash_id, set_attributes
-from services.common import (
-    SETTINGS,
-    LocalStageHandle,
-    RemoteStageHandle,
-    StageService,
-    micro_batcher,
-    packed_model,
-    protect,
-    respond,
-    service_config,
-)
+from services.answers import respond
+from services.config import SETTINGS, packed_model, service_config
+from services.front_door import install_front_door
 from services.stage_client import StageClient
+from services.stages import LocalStageHandle, RemoteStageHandle, StageService, micro_batcher
 
 MAX_CANDIDATES = 2000
 MAX_BATCH_REQUESTS = 256
@@ -202,7 +195,7 @@ class Retrieval(StageService):
         return await respond(self.answer_similar_items, item_id=item_id, k=k)
 
 
-protect(
+install_front_door(
     Retrieval,
     "retrieval",
     stage=True,

@@ -10,7 +10,6 @@ the client knows only a URL (`http://`, `tcp://` or a `file://` Unix socket, as 
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,14 +17,7 @@ import aiohttp
 import orjson
 from opentelemetry import propagate
 
-
-class StageError(Exception):
-    """A stage answered with an error status; `error_code` is that status (as in BentoML's
-    client errors), the message is the `error` field of its JSON body."""
-
-    def __init__(self, stage: str, status: int, message: str) -> None:
-        super().__init__(f"{stage} answered {status}: {message}")
-        self.error_code = HTTPStatus(status)
+from recsys.serving.stage_failures import StageFailure
 
 
 class StageClient:
@@ -64,7 +56,7 @@ class StageClient:
         return self._session
 
     async def call(self, route: str, payload: dict[str, Any]) -> Any:
-        """POST `payload` to `route`; the decoded JSON answer, or StageError for a 4xx/5xx."""
+        """POST `payload` to `route`; the decoded JSON answer, or StageFailure for a 4xx/5xx."""
         headers = dict(self.headers)
         propagate.inject(headers)  # the caller's client span becomes the stage span's parent
         async with self._get_session().post(
@@ -72,12 +64,18 @@ class StageClient:
         ) as response:
             body = await response.read()
         if response.status >= 400:
-            try:
-                message = str(orjson.loads(body).get("error", body[:200]))
-            except (orjson.JSONDecodeError, AttributeError):
-                message = body[:200].decode(errors="replace")
-            raise StageError(self.name, response.status, message)
+            raise self.failure(response.status, body)
         return orjson.loads(body)
+
+    def failure(self, status: int, body: bytes) -> StageFailure:
+        """The error a stage answered, typed by the kind its error body names (`detail[0].type`,
+        `services.answers.error_body`); `http_<status>` when the body is not ours."""
+        try:
+            error = orjson.loads(body)
+            message, kind = str(error["error"]), str(error["detail"][0]["type"])
+        except (orjson.JSONDecodeError, TypeError, KeyError, IndexError):
+            message, kind = body[:200].decode(errors="replace"), f"http_{status}"
+        return StageFailure(self.name, status, kind, message)
 
     async def is_ready(self, timeout: float | None = None) -> bool:
         try:

@@ -14,10 +14,10 @@ from recsys.serving.pipeline import (
     OPEN,
     CircuitBreaker,
     RecommendPipeline,
-    fallback_reason,
 )
 from recsys.serving.reranking import cap_categories
 from recsys.serving.settings import ServingSettings
+from recsys.serving.stage_failures import fallback_reason
 
 
 class FakeClock:
@@ -209,7 +209,7 @@ def test_category_cap_never_costs_items():
 
 
 def test_concurrency_limit_sheds_with_retry_after():
-    from services.common import ConcurrencyLimit
+    from services.front_door import FrontDoor
 
     release = asyncio.Event()
 
@@ -218,7 +218,7 @@ def test_concurrency_limit_sheds_with_retry_after():
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    limit = ConcurrencyLimit(slow_app, limit=2, component="gateway")
+    limit = FrontDoor(slow_app, component="gateway", stage=False, max_in_flight=2)
 
     async def request(path="/recommend"):
         sent: list[dict] = []
@@ -226,7 +226,8 @@ def test_concurrency_limit_sheds_with_retry_after():
         async def send(message):
             sent.append(message)
 
-        await limit({"type": "http", "path": path}, None, send)
+        scope = {"type": "http", "method": "GET", "path": path, "headers": []}
+        await limit(scope, None, send)
         return sent
 
     async def scenario():
@@ -280,23 +281,40 @@ def test_fallback_reason_of_plain_errors(exc, reason):
     assert fallback_reason(exc) == reason
 
 
+def error_body(message: str, kind: str) -> bytes:
+    from services.answers import error_body as body_of
+
+    return json.dumps(body_of(message, kind)).encode()
+
+
 @pytest.mark.parametrize(
     ("status", "body", "reason"),
     [
-        (503, '{"error": "retrieval model is not ready: still loading"}', "not_ready"),
-        (503, '{"error": "overloaded: 65 requests in flight, limit 64"}', "overloaded"),
-        (401, '{"error": "missing or wrong stage token"}', "unauthorized"),
-        (500, '{"error": "internal"}', "error"),
+        (
+            503,
+            error_body("model not ready: overloaded", "model_not_ready"),
+            "not_ready",
+        ),
+        (
+            503,
+            error_body("overloaded: 65 in flight", "overloaded"),
+            "overloaded",
+        ),
+        (401, error_body("stage token missing", "stage_token_missing"), "unauthorized"),
+        (401, error_body("stage token invalid", "stage_token_invalid"), "unauthorized"),
+        (500, error_body("unexpected error", "internal_error"), "error"),
+        (503, b"<html>Service Unavailable</html>", "not_ready"),  # a proxy in between
+        (502, b"Bad Gateway", "error"),
     ],
 )
 def test_fallback_reason_of_a_stage_refusal(status, body, reason):
-    """What BentoML's client raises for a stage's non-2xx answer, mapped to a bounded label."""
-    from http import HTTPStatus
+    """A stage's error answer, typed by the stage client from its body: the reason is looked
+    up from the kind the body names, never searched for in the message."""
+    from services.stage_client import StageClient
 
-    from bentoml.exceptions import BentoMLException
-
-    exc = BentoMLException.error_mapping.get(HTTPStatus(status), BentoMLException)
-    assert fallback_reason(exc(body, error_code=HTTPStatus(status))) == reason
+    failure = StageClient("Retrieval", "http://127.0.0.1:1", {}).failure(status, body)
+    assert failure.status == status
+    assert fallback_reason(failure) == reason
 
 
 def test_in_process_stage_has_no_timeout_and_no_retry():
@@ -337,7 +355,7 @@ def test_one_error_to_status_mapping():
 
 def test_every_api_answers_errors_with_the_one_body():
     from recsys.errors import ModelNotReady
-    from services.common import respond
+    from services.answers import respond
 
     async def not_ready(**arguments):
         raise ModelNotReady("retrieval model is not ready: still loading")

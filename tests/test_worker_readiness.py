@@ -18,7 +18,7 @@ WORKER = textwrap.dedent(
     import bentoml
     index, flags = int(sys.argv[1]), Path(sys.argv[2])
     bentoml.server_context.worker_index = index
-    from services.common import WorkerReadiness
+    from services.stages import WorkerReadiness
     readiness = WorkerReadiness("Retrieval", lambda: (flags / str(index)).exists())
     print("started", flush=True)
     for line in sys.stdin:

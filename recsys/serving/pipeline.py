@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NotRequired, Protocol, TypedDict, TypeVar
 
-from recsys.errors import ModelNotReady
 from recsys.model.ordering import RANKER
 from recsys.serving.reranking import top_k_items
 from recsys.serving.settings import ServingSettings
+from recsys.serving.stage_failures import fallback_reason
 from recsys.tracing import SpanKind, hash_id, mark_error, set_attributes, tracer
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -289,10 +289,13 @@ class RecommendPipeline:
         }
 
     async def recommend_batch(self, user_ids: list[str], k: int, exclude_items: list[str]) -> dict:
-        """`recommend` for each user, concurrently (so their stage calls share batches)."""
-        results = await asyncio.gather(
-            *(self.recommend(user_id, k, exclude_items) for user_id in user_ids)
-        )
+        """`recommend` for each user, `batch_slice_users` at a time: the users of a slice share
+        stage batches, and a request arriving meanwhile waits behind one slice's computation,
+        not the whole batch's (the stages' work is CPU-bound and holds the event loop)."""
+        size, results = self.settings.batch_slice_users, []
+        for start in range(0, len(user_ids), size):
+            users = user_ids[start : start + size]
+            results += await asyncio.gather(*(self.recommend(u, k, exclude_items) for u in users))
         return {"results": results}
 
     async def similar_items(self, item_id: str, k: int) -> dict:
@@ -328,25 +331,3 @@ class RecommendPipeline:
             "degraded_reasons": degraded,
             "track": self.settings.track,
         }
-
-
-def fallback_reason(exc: BaseException) -> str:
-    """A short, bounded label for why a dependency call failed (used in metrics).
-
-    A stage's own refusals carry its HTTP status (`error_code` of BentoML's client errors): 503
-    is `overloaded` when it shed the call and `not_ready` while its model loads or failed to
-    load; 401/403 is `unauthorized` (a stage token mismatch).
-    """
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return "timeout"
-    if isinstance(exc, ModelNotReady):  # an in-process stage whose model is not loaded
-        return "not_ready"
-    status = getattr(exc, "error_code", None)
-    if status == 503:
-        return "overloaded" if "overloaded" in str(exc) else "not_ready"
-    if status in (401, 403):
-        return "unauthorized"
-    name = type(exc).__name__.lower()
-    if "connect" in name or isinstance(exc, ConnectionError | OSError):
-        return "unavailable"
-    return "error"

@@ -53,6 +53,12 @@ class ServingSettings(BaseSettings):
     max_k: int = Field(100, ge=1, le=1000, description="Largest k a caller may ask for.")
     max_exclude_items: int = Field(500, ge=0, description="Longest exclude_items list accepted.")
     max_batch_users: int = Field(64, ge=1, description="Most users in one recommend_batch call.")
+    batch_slice_users: int = Field(
+        2,
+        ge=1,
+        description="Users of a recommend_batch call served together; the slices run one after"
+        " the other, so a request arriving meanwhile waits for one slice, not the whole batch.",
+    )
     batching: bool = Field(
         True,
         description="Micro-batching: concurrent requests share one ranking prediction, and one"
