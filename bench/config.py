@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, replace
 class BenchConfig:
     """Everything that decides how big and how long a benchmark run is.
 
-    The full run keeps the whole of `python -m bench.run` within about 15 minutes on the
+    The full run keeps the whole of `python -m bench.run` within about 20 minutes on the
     2-core machine (models cached after the first run); `quick()` shrinks every size and
-    duration so the smoke test finishes in well under a minute.
+    duration so the smoke test finishes in about two minutes, training included.
     """
 
     items: int = 100_000
@@ -37,6 +37,27 @@ class BenchConfig:
     # Seconds the run may spend waiting for other work to calm down and repeating disturbed
     # measurements (the machine is shared); bounds the run's length on a busy machine.
     patience_seconds: float = 240.0
+    # Section 5, saturation (closed loop, 8 connections): the variants take turns in each of
+    # `saturation_rounds` rounds of `saturation_seconds`; medians over the rounds are reported.
+    saturation_seconds: float = 6.0
+    saturation_rounds: int = 3
+    # Cost of a recommendation: dollars per vCPU-hour (override: --vcpu-hour-usd). Default: AWS
+    # EC2 c6i.large (2 vCPU, compute optimised), on-demand Linux list price in us-east-1, $0.085
+    # per hour (AWS pricing page, 2024-2025), i.e. about $0.04 per vCPU-hour.
+    vcpu_hour_usd: float = 0.0425
+    vcpu_price_source: str = (
+        "AWS EC2 c6i.large (2 vCPU, compute optimised) on-demand Linux list price, us-east-1: "
+        "$0.085 per hour (AWS pricing page, 2024-2025); not a quote: check the current price"
+    )
+    # Head of line: /recommend at `hol_rate` req/s (Poisson) on `hol_form`, alone and with
+    # `hol_batch_rate` req/s of /recommend_batch (`hol_batch_users` users each) beside it,
+    # `hol_rounds` alternating rounds of `hol_seconds` each.
+    hol_form: str = "default"
+    hol_rate: float = 100.0
+    hol_batch_rate: float = 5.0
+    hol_batch_users: int = 10
+    hol_seconds: float = 10.0
+    hol_rounds: int = 2
     # Profiles (py-spy) of every server process at a fixed offered rate; 0 s skips them.
     profile_rate: float = 50.0
     profile_seconds: float = 8.0
@@ -54,8 +75,17 @@ class BenchConfig:
     scann_shares: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
     scann_reorder: tuple[int, ...] = (100, 250, 500, 1000, 2000)
     # Served variants (see bench/servers.py): the BentoML forms (the default one also with the
-    # ranking micro-batching off) and the KServe peer.
-    variants: tuple[str, ...] = ("default", "default-nobatch", "split", "single", "kserve")
+    # ranking micro-batching off) and a KServe peer with as many processes as each form
+    # (single: 1, default: 2, split: 3), so every comparison is at equal CPU.
+    variants: tuple[str, ...] = (
+        "default",
+        "default-nobatch",
+        "split",
+        "single",
+        "kserve",
+        "kserve-w2",
+        "kserve-w3",
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,8 +110,12 @@ def quick() -> BenchConfig:
         warmup_seconds=1.0,
         connections=8,
         patience_seconds=0.0,
-        profile_seconds=0.0,
-        variants=("default", "single", "kserve"),
+        saturation_seconds=1.0,
+        saturation_rounds=2,
+        hol_seconds=2.0,
+        hol_rounds=1,
+        profile_seconds=1.0,
+        variants=("default", "single", "kserve", "kserve-w2"),
         ann_sizes=(3000,),
         ann_queries=100,
         hnsw_ef_search=(16, 64),

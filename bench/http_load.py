@@ -5,19 +5,22 @@
 - capacity (section 3): offered-rate steps (Poisson arrivals); a step passes when p95 is within
   the SLO, no request failed and the server kept up (achieved >= 90 % of offered). Capacity is
   the highest passing rate, refined by bisection between the last pass and the first failure;
-- saturation and the peer comparison (section 5): closed loop with a few connections (the most
-  each variant can do), and the capacity / p95 ratios of our forms against the KServe peer.
+- saturation (section 5): closed loop with a few connections (the most each variant can do),
+  in rounds: every variant once per round, the order reversed every other round, medians over
+  the rounds (the comparison with the KServe peers is in `bench.equal_cpu`).
 
-Variants take turns within each step, so slow drifts in the machine's other load hit them alike.
+Variants take turns within each capacity step and each saturation round, so slow drifts in the
+machine's other load hit them alike.
 The machine is shared: every measurement first waits (briefly) for other work to calm down, and
 a disturbed one (other work above CONTAMINATED_OTHER_CORES meanwhile) may be repeated while the
 run's patience lasts: a failed capacity step up to twice (it passes if a repeat passes, since
-other work can only add latency, never remove it), a saturation run once (the least disturbed
-attempt is kept); sequential runs are not repeated. Every attempt is kept in the results.
+other work can only add latency, never remove it); sequential runs and saturation rounds are
+not repeated. Every attempt is kept in the results.
 """
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from bench.config import BenchConfig
@@ -29,7 +32,6 @@ MIN_ACHIEVED_SHARE = 0.9
 CONTAMINATED_OTHER_CORES = 0.3
 MAX_REPEATS = 2
 SATURATION_CONNECTIONS = 8
-PEER = "kserve"
 
 
 def _run(
@@ -211,95 +213,66 @@ def run_capacity(
 def run_saturation(
     variants: dict[str, Variant], users_file: Path, config: BenchConfig, machine: SharedMachine
 ) -> dict:
-    """Closed loop, a few connections: the most requests/s each variant serves, at what p95."""
-    return {
-        name: {
-            **least_disturbed(
-                lambda variant=variant: _run(
-                    variant,
+    """Closed loop, a few connections: the most requests/s each variant serves, in rounds.
+
+    Every round runs each variant once (the order reversed every other round, so no variant
+    always goes first); the figures are medians over the rounds, CPU per request is pooled
+    (all rounds' server CPU time / all requests served).
+    """
+    rounds: dict[str, list[LoadResult]] = {name: [] for name in variants}
+    order = list(variants)
+    for index in range(config.saturation_rounds):
+        for name in order if index % 2 == 0 else order[::-1]:
+            rounds[name].append(
+                _run(
+                    variants[name],
                     users_file,
-                    config.step_seconds,
+                    config.saturation_seconds,
                     SATURATION_CONNECTIONS,
                     0.0,
                     config.k,
                     machine,
-                ),
-                machine,
-                config.step_seconds,
-                repeats=1,
-            ),
-            "label": variant.label,
+                )
+            )
+    return {
+        name: {
+            **saturation_summary(results),
+            "label": variants[name].label,
+            "processes": variants[name].processes,
         }
-        for name, variant in variants.items()
+        for name, results in rounds.items()
     }
 
 
-def peer_for(name: str, names: list[str]) -> str | None:
-    """The KServe variant to hold `name` against: same suffixes if served, else the closest.
+def saturation_summary(results: list[LoadResult]) -> dict:
+    """Medians over rounds (throughput, latency, cores), pooled CPU per request, every round."""
 
-    `single-w2` is compared with `kserve-w2` when that runs, else with plain `kserve`.
-    """
-    flags = name.split("-")[1:]
-    for keep in range(len(flags), -1, -1):
-        candidate = "-".join([PEER, *flags[:keep]])
-        if candidate in names:
-            return candidate
-    return None
+    def median(values) -> float:
+        return round(statistics.median(values), 3)
 
-
-def compare_with_peer(sequential: dict, capacity: dict, saturation: dict) -> dict:
-    """Our forms against the KServe peer: capacity, throughput and p95 ratios (ours / peer)."""
-    names = list(sequential)
-    comparison = {}
-    for name in names:
-        peer = peer_for(name, names)
-        if name.split("-")[0] == PEER or peer is None:
-            continue
-        peer_capacity = capacity["variants"][peer]
-        peer_steps = {
-            s["offered_rps"]: s for s in peer_capacity["steps"] if s["passed"] and not s["repeated"]
-        }
-        ours = capacity["variants"][name]
-        common = [
-            (
-                s["offered_rps"],
-                s["latency_ms"]["p95"],
-                peer_steps[s["offered_rps"]]["latency_ms"]["p95"],
-            )
-            for s in ours["steps"]
-            if s["passed"] and not s["repeated"] and s["offered_rps"] in peer_steps
-        ]
-        comparison[name] = {
-            "peer": peer,
-            "capacity_ratio": _ratio(ours["capacity_rps"], peer_capacity["capacity_rps"]),
-            "saturation_throughput_ratio": _ratio(
-                saturation[name]["achieved_rps"], saturation[peer]["achieved_rps"]
-            ),
-            "saturation_p95_ratio": _ratio(
-                saturation[name]["latency_ms"]["p95"], saturation[peer]["latency_ms"]["p95"]
-            ),
-            "saturation_p99_ratio": _ratio(
-                saturation[name]["latency_ms"]["p99"], saturation[peer]["latency_ms"]["p99"]
-            ),
-            "sequential_p50_ratio": _ratio(
-                sequential[name]["latency_ms"]["p50"], sequential[peer]["latency_ms"]["p50"]
-            ),
-            "sequential_p95_ratio": _ratio(
-                sequential[name]["latency_ms"]["p95"], sequential[peer]["latency_ms"]["p95"]
-            ),
-            "p95_ratio_at_common_rates": [
-                {"rate": rate, "ours_ms": mine, "peer_ms": theirs, "ratio": _ratio(mine, theirs)}
-                for rate, mine, theirs in common
-            ],
-            "server_cpu_ms_per_request_ratio": _ratio(
-                saturation[name]["server_cpu_ms_per_request"],
-                saturation[peer]["server_cpu_ms_per_request"],
-            ),
-        }
-    return comparison
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return round(a / b, 3)
+    requests = sum(r.requests for r in results)
+    cpu_seconds = sum(r.server_cpu_seconds for r in results)
+    return {
+        "rounds": len(results),
+        "seconds_per_round": results[0].seconds,
+        "connections": results[0].connections,
+        "requests": requests,
+        "error_count": sum(r.error_count for r in results),
+        "achieved_rps": median([r.achieved_rps for r in results]),
+        "latency_ms": {
+            key: median([r.latency_ms[key] for r in results]) for key in results[0].latency_ms
+        },
+        "server_cpu_cores": median([r.server_cpu_cores for r in results]),
+        "server_cpu_seconds": round(cpu_seconds, 3),
+        "server_cpu_ms_per_request": round(cpu_seconds * 1000 / max(requests, 1), 3),
+        "generator_cpu_cores": median([r.generator_cpu_cores for r in results]),
+        "other_cpu_cores": median([r.other_cpu_cores for r in results]),
+        "per_round": [
+            _attempt(r)
+            | {
+                "p99_ms": r.latency_ms["p99"],
+                "server_cpu_ms_per_request": r.server_cpu_ms_per_request,
+            }
+            for r in results
+        ],
+    }

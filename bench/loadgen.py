@@ -112,6 +112,7 @@ class LoadResult:
     server_cpu_cores: float
     machine_busy_cores: float
     other_cpu_cores: float  # machine busy minus server and generator: everything else
+    server_cpu_seconds: float  # the server process trees' CPU time during the run
     server_cpu_ms_per_request: float
     extra: dict = field(default_factory=dict)
 
@@ -229,5 +230,6 @@ def run_wrk(
         server_cpu_cores=round(server_cpu / wall, 3),
         machine_busy_cores=round(machine_busy, 3),
         other_cpu_cores=round(max(machine_busy - generator - server_cpu / wall, 0.0), 3),
+        server_cpu_seconds=round(server_cpu, 3),
         server_cpu_ms_per_request=round(server_cpu * 1000 / max(requests, 1), 2),
     )

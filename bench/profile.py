@@ -1,12 +1,13 @@
 """Where the time goes in the served forms: py-spy samples of every server process under load.
 
 While wrk offers a fixed rate to one variant, `py-spy record --nonblocking` samples each Python
-process of its tree (gateway, stage workers, the KServe server). The collapsed stacks are
-reduced to: active samples per process, the share spent inside the recommender's own code
-(`recsys/` and `bench/inprocess.py` frames: retrieval, ranking, top k) versus the serving
-framework around it, the share charged to each framework group (every sample goes to the
-innermost group on its stack: pydantic, inter-service client, HTTP server, routing, BentoML,
-event loop, ...), and the functions with the most own time.
+process of its tree (gateway, stage workers, the KServe server and workers). The collapsed
+stacks are reduced to: active samples per process, the share charged to each layer (every
+sample goes to the innermost layer on its stack: our model code, our serving code, BentoML,
+KServe, starlette + uvicorn, pydantic, ...; "own code" = our two layers), and the functions
+with the most own time. Per form, the layers' shares of all its processes' samples times the
+server CPU per request measured meanwhile give CPU ms per request by layer (`LAYERS`: the same
+columns in every run, so runs before and after a change compare).
 Optional: skipped when py-spy is not installed.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -26,26 +28,38 @@ from recsys.ops.processes import process_tree
 
 SAMPLE_RATE_HZ = 250
 TOP_FUNCTIONS = 12
-OWN_CODE_MARKERS = ("(recsys/", "/recsys/", "inprocess.py")
-# Each sample is charged to the innermost group its stack passes through (walking from the
-# running function outwards), so the shares add up to 100 % of the active samples.
-GROUPS = {
-    "recsys compute (retrieve, rank, top k)": OWN_CODE_MARKERS,
-    "pydantic (validation, dump)": ("pydantic/", "pydantic_core"),
-    "inter-service HTTP client": ("aiohttp/", "httpx/", "httpcore/"),
-    "json / pickle": ("json/", "orjson", "pickle", "serde.py"),
-    "metrics / tracing": ("prometheus_client/", "opentelemetry/"),
-    "HTTP server (uvicorn)": ("uvicorn/", "httptools", "h11/"),
-    "routing (starlette / fastapi)": ("starlette/", "fastapi/"),
-    "kserve": ("kserve/",),
-    "bentoml": ("bentoml/", "_bentoml_impl/", "_bentoml_sdk/", "services/"),
-    "event loop (asyncio)": ("asyncio/", "selectors.py", "uvloop"),
+# Each sample is charged to the innermost layer its stack passes through (walking from the
+# running function outwards; the first matching layer in this order decides for one frame), so
+# the shares add up to 100 % of the active samples. Library code called from a layer (NumPy,
+# ScaNN, XGBoost from our model code) counts to that layer.
+LAYERS = {
+    "our model code": ("recsys/model/", "bench/inprocess.py"),
+    "our serving code": ("recsys/", "services/", "bench/kserve_model.py"),
+    "BentoML": ("bentoml/", "_bentoml_impl/", "_bentoml_sdk/"),
+    "KServe": ("kserve/",),
+    "starlette + uvicorn": ("starlette/", "fastapi/", "uvicorn/", "httptools", "h11/"),
+    "pydantic": ("pydantic/", "pydantic_core"),
+    "prometheus": ("prometheus_client/",),
+    "opentelemetry": ("opentelemetry/",),
+    "HTTP client (inter-service)": ("aiohttp/", "httpx/", "httpcore/"),
+    "asyncio event loop": ("asyncio/", "selectors.py", "uvloop"),
 }
 OTHER_GROUP = "other"
+OWN_LAYERS = ("our model code", "our serving code")
+
+
+def _matches(frame: str, marker: str) -> bool:
+    """`marker` starts a path component of the frame's file (py-spy: `function (path:line)`).
+
+    Anchored, so that `bench/` does not match every file under a checkout named `wt-bench/`.
+    """
+    return f"/{marker}" in frame or f"({marker}" in frame
 
 
 def py_spy_path() -> str | None:
-    return shutil.which("py-spy")
+    """py-spy on PATH, else beside this interpreter (a virtualenv's bin, not activated)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
 
 
 def _python_processes(root_pid: int) -> list[psutil.Process]:
@@ -61,14 +75,19 @@ def _role(process: psutil.Process) -> str:
         return "gateway worker"
     if "bench.kserve_peer" in args:
         return "kserve"
+    command = " ".join(args)
+    if "spawn_main" in command:
+        return "kserve worker"
+    if "resource_tracker" in command:
+        return "multiprocessing resource tracker"
     return "supervisor"
 
 
 def _innermost_group(frames: list[str]) -> str:
     """The group of the innermost frame (last in a collapsed stack) that belongs to one."""
     for frame in reversed(frames):
-        for group, markers in GROUPS.items():
-            if any(marker in frame for marker in markers):
+        for group, markers in LAYERS.items():
+            if any(_matches(frame, marker) for marker in markers):
                 return group
     return OTHER_GROUP
 
@@ -76,7 +95,6 @@ def _innermost_group(frames: list[str]) -> str:
 def summarize_collapsed(text: str) -> dict:
     """Collapsed stacks (`frame;frame;... count`) -> totals, own-code share, top own time."""
     total = 0
-    own_code = 0
     groups: Counter[str] = Counter()
     leaf: Counter[str] = Counter()
     for line in text.splitlines():
@@ -86,14 +104,14 @@ def summarize_collapsed(text: str) -> dict:
         count = int(count_text)
         frames = stack.split(";")
         total += count
-        if any(marker in frame for frame in frames for marker in OWN_CODE_MARKERS):
-            own_code += count
         groups[_innermost_group(frames)] += count
         leaf[frames[-1]] += count
+    own_code = sum(groups[layer] for layer in OWN_LAYERS)
     return {
         "active_samples": total,
         "own_code_share": round(own_code / total, 3) if total else None,
         "framework_share": round(1 - own_code / total, 3) if total else None,
+        "layer_samples": dict(groups.most_common()),
         "time_share": {
             group: round(count / total, 3) for group, count in groups.most_common() if count
         },
@@ -163,7 +181,26 @@ def profile_variant(variant, users_file: Path, rate: float, seconds: float, k: i
         "achieved_rps": load.achieved_rps,
         "p95_ms": load.p95_ms,
         "server_cpu_ms_per_request": load.server_cpu_ms_per_request,
+        "layers_ms_per_request": layers_ms_per_request(
+            processes.values(), load.server_cpu_ms_per_request
+        ),
         "processes": processes,
+    }
+
+
+def layers_ms_per_request(summaries, cpu_ms_per_request: float) -> dict[str, float]:
+    """CPU ms per request of each layer: its share of every process's samples x CPU/request.
+
+    Every process is sampled at the same rate and only while running, so the samples of all
+    processes together are proportional to their CPU time. Every layer (and `other`) is listed.
+    """
+    samples: Counter[str] = Counter()
+    for summary in summaries:
+        samples.update(summary.get("layer_samples", {}))
+    total = sum(samples.values())
+    return {
+        layer: round(samples[layer] / total * cpu_ms_per_request, 3) if total else 0.0
+        for layer in (*LAYERS, OTHER_GROUP)
     }
 
 

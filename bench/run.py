@@ -1,9 +1,10 @@
 """`python -m bench.run [--quick] [--items 100000] [--out bench/results]`: the whole benchmark.
 
 Sections (one module each): 1 in process (`inprocess`), 2 + 3 + 5 over HTTP under wrk
-(`http_load`, servers from `servers`, the KServe peer in `kserve_peer`), 4 retrieval indexes
-(`ann`). Writes benchmark.json, benchmark.md and PNG plots into --out. Figures, not
-assertions: the exit code is 0 whenever the run completed.
+(`http_load`, servers from `servers`, the KServe peers in `kserve_peer`, the equal-CPU
+comparison and cost in `equal_cpu`), head of line (`head_of_line`), py-spy layers (`profile`),
+4 retrieval indexes (`ann`). Writes benchmark.json, benchmark.md and PNG plots into --out.
+Figures, not assertions: the exit code is 0 whenever the run completed.
 """
 
 from __future__ import annotations
@@ -44,8 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--variants",
-        help="Served forms, comma-separated (default: default,split,single,kserve; e.g. add "
-        "single-w2).",
+        help="Served forms, comma-separated (default: default,default-nobatch,split,single,"
+        "kserve,kserve-w2,kserve-w3; e.g. add single-w2). Each BentoML form is compared with the "
+        "KServe peer with as many processes.",
+    )
+    parser.add_argument(
+        "--vcpu-hour-usd",
+        type=float,
+        help="Price of one vCPU-hour for the cost per 1,000 recommendations (default: "
+        f"{bench_config.BenchConfig.vcpu_hour_usd}, {bench_config.BenchConfig.vcpu_price_source}).",
     )
     parser.add_argument("--skip-http", action="store_true", help="Skip sections 2, 3 and 5.")
     parser.add_argument("--skip-ann", action="store_true", help="Skip section 4.")
@@ -101,6 +109,10 @@ def run(argv: list[str] | None = None) -> dict:
         config = replace(config, items=args.items, ann_sizes=sizes)
     if args.variants:
         config = replace(config, variants=tuple(v.strip() for v in args.variants.split(",")))
+    if args.vcpu_hour_usd is not None:
+        config = replace(
+            config, vcpu_hour_usd=args.vcpu_hour_usd, vcpu_price_source="--vcpu-hour-usd"
+        )
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     log_file = (out / "bench.log").open("w")
@@ -135,7 +147,7 @@ def run(argv: list[str] | None = None) -> dict:
     log(f"  total p50 {total['p50']:.2f} ms p95 {total['p95']:.2f} ms")
 
     if not args.skip_http:
-        from bench import http_load
+        from bench import equal_cpu, http_load
         from bench.loadgen import SharedMachine
         from bench.servers import start_variants, stop_variants
 
@@ -168,17 +180,32 @@ def run(argv: list[str] | None = None) -> dict:
             results["capacity"] = http_load.run_capacity(
                 variants, users_file, config, results["slo"]["p95_ms"], machine, log
             )
-            log("section 5: saturation and the KServe peer")
+            log(
+                f"section 5: saturation ({config.saturation_rounds} alternating rounds) and the "
+                "equal-process KServe peers"
+            )
             results["saturation"] = http_load.run_saturation(variants, users_file, config, machine)
+            equal_cpu.add_costs(results["saturation"], config.vcpu_hour_usd)
             for name, sat in results["saturation"].items():
                 log(
-                    f"  {name:10s} {sat['achieved_rps']:.0f} req/s p95 "
-                    f"{sat['latency_ms']['p95']:.1f} ms, server {sat['server_cpu_cores']:.2f} "
-                    f"cores, wrk {sat['generator_cpu_cores']:.3f} cores"
+                    f"  {name:12s} {sat['achieved_rps']:.0f} req/s p99 "
+                    f"{sat['latency_ms']['p99']:.1f} ms, {sat['server_cpu_ms_per_request']:.2f} "
+                    f"CPU ms/req, server {sat['server_cpu_cores']:.2f} cores, wrk "
+                    f"{sat['generator_cpu_cores']:.3f} cores"
                 )
-            results["peer"] = http_load.compare_with_peer(
+            results["peer"] = equal_cpu.compare_with_peer(
                 results["sequential"], results["capacity"], results["saturation"]
             )
+            if config.hol_form in variants and config.hol_rounds > 0:
+                from bench.head_of_line import run_head_of_line
+
+                log(f"head of line: {config.hol_form} /recommend at {config.hol_rate:g} req/s")
+                hol = run_head_of_line(variants[config.hol_form], users_file, config)
+                results["head_of_line"] = hol
+                log(
+                    f"  p95 alone {hol['alone_p95_ms']:.1f} ms, with batch "
+                    f"{hol['with_batch_p95_ms']:.1f} ms ({hol['ratio']}x)"
+                )
             if config.profile_seconds > 0:
                 from bench.profile import run_profiles
 

@@ -4,7 +4,8 @@
            inside it, HTTP between them (what `recsys serve` runs);
 - split:   gateway, Retrieval and Ranking as three processes (the chart's `ranking.separate`);
 - single:  the same API with both stages inside the gateway (one process);
-- kserve:  the peer, one KServe `ModelServer` model (`bench.kserve_peer`).
+- kserve:  the peer, one KServe `ModelServer` model (`bench.kserve_peer`); `kserve-wN` runs N
+           KServe worker processes.
 
 The BentoML forms are started by `recsys.ops.stack.start_stack`, as the image runs each service
 (`start-http-server`). A `-wN` suffix runs N workers per service (e.g. `single-w2`), `-nobatch`
@@ -36,11 +37,16 @@ from recsys.ops.stack import REPO_ROOT, ServerProcess, Stack, free_port, start_s
 READY_TIMEOUT_S = 300.0
 
 LABELS = {
-    "default": "BentoML default (gateway with Ranking + Retrieval, 2 processes)",
-    "split": "BentoML split (gateway + Retrieval + Ranking, 3 processes)",
-    "single": "BentoML single process (gateway with both stages)",
-    "kserve": "KServe ModelServer peer (one process)",
+    "default": "BentoML default (gateway with Ranking + Retrieval)",
+    "split": "BentoML split (gateway + Retrieval + Ranking)",
+    "single": "BentoML single (gateway with both stages)",
+    "kserve": "KServe ModelServer peer",
 }
+# Services (one process each per worker) of each form.
+SERVICES = {"default": 2, "split": 3, "single": 1, "kserve": 1}
+PEER_FORM = "kserve"
+# uvicorn's line once a worker serves: a multi-worker peer is ready when every worker wrote it.
+WORKER_READY_LINE = "Application startup complete"
 
 
 @dataclass(frozen=True)
@@ -68,10 +74,20 @@ class VariantSpec:
                 )
         return cls(form, workers, batching)
 
+    @property
+    def processes(self) -> int:
+        """Processes that serve requests: services x workers (supervisors do no request work)."""
+        return SERVICES[self.form] * self.workers
+
+    @property
+    def is_peer(self) -> bool:
+        return self.form == PEER_FORM
+
     def label(self) -> str:
-        text = LABELS[self.form]
+        count = self.processes
+        text = f"{LABELS[self.form]}, {count} process{'es' if count > 1 else ''}"
         if self.workers != 1:
-            text += f", {self.workers} workers"
+            text += f" ({self.workers} workers per service)" if not self.is_peer else " (workers)"
         return text if self.batching else f"{text}, batching off"
 
 
@@ -89,6 +105,10 @@ class Variant:
     @property
     def label(self) -> str:
         return VariantSpec.parse(self.name).label()
+
+    @property
+    def processes(self) -> int:
+        return VariantSpec.parse(self.name).processes
 
     @property
     def url(self) -> str:
@@ -163,8 +183,18 @@ def _wait_http_ok(server: ServerProcess, path: str, timeout: float) -> None:
     raise TimeoutError(f"{server.name} not ready after {timeout}s:\n{server.log()[-3000:]}")
 
 
+def _wait_workers_serving(server: ServerProcess, workers: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while server.log().count(WORKER_READY_LINE) < workers:
+        if not server.alive():
+            raise RuntimeError(f"{server.name} exited early:\n{server.log()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{server.name}: not every worker serves after {timeout}s")
+        time.sleep(0.25)
+
+
 def start_kserve(models: TrainedModels, log_dir: Path, workers: int = 1) -> Variant:
-    """Start the KServe peer process (returns at once; `wait` blocks until the model is ready)."""
+    """Start the KServe peer (returns at once; `wait` blocks until every worker serves)."""
     os.environ["BENTOML_HOME"] = models.bentoml_home
     retrieval_dir, _ = model_path(models.retrieval_tag, RETRIEVAL_MODEL)
     ranking_dir, _ = model_path(models.ranking_tag, RANKING_MODEL)
@@ -189,14 +219,13 @@ def start_kserve(models: TrainedModels, log_dir: Path, workers: int = 1) -> Vari
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     process = start_logged(args, log_path, env, cwd=REPO_ROOT)  # stop() takes the workers too
     server = ServerProcess("kserve", port, process, log_path)
-    return Variant(
-        "kserve",
-        server,
-        f"/v1/models/{MODEL_NAME}:predict",
-        "kserve",
-        workers,
-        lambda timeout: _wait_http_ok(server, f"/v1/models/{MODEL_NAME}", timeout),
-    )
+
+    def wait(timeout: float) -> None:
+        _wait_http_ok(server, f"/v1/models/{MODEL_NAME}", timeout)
+        if workers > 1:  # the first worker up answers the check above: wait for the others
+            _wait_workers_serving(server, workers, timeout)
+
+    return Variant("kserve", server, f"/v1/models/{MODEL_NAME}:predict", "kserve", workers, wait)
 
 
 def start_variants(
