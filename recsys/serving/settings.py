@@ -54,7 +54,7 @@ class ServingSettings(BaseSettings):
     max_exclude_items: int = Field(500, ge=0, description="Longest exclude_items list accepted.")
     max_batch_users: int = Field(64, ge=1, description="Most users in one recommend_batch call.")
     batch_slice_users: int = Field(
-        2,
+        4,
         ge=1,
         description="Users of a recommend_batch call served together; the slices run one after"
         " the other, so a request arriving meanwhile waits for one slice, not the whole batch.",

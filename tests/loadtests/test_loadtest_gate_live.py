@@ -1,8 +1,8 @@
 """The SLO gate under real load: Locust against the stack on 127.0.0.1 (tiny trained models).
 
 - The CI gate: `python -m loadtests.run` starts the local stack, offers a fixed load and must pass
-  slo.yaml's latency and error thresholds; the throughput floors the offered load cannot reach are
-  reported as not checked, never as passed.
+  slo.yaml's latency and error thresholds; a miss fails the test (no xfail, no skip in CI). The
+  throughput floors the offered load cannot reach are reported as not checked, never as passed.
 - A deliberately slowed stack (RECSYS_FAULT_LATENCY_MS) must fail with exit code 99, the breached
   endpoint and metric named in the verdict, and the run cut short by the sustained-breach abort.
 - The chart's Job layout: the files of loadtests/ in one flat directory, run by a Python that can
@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 from recsys.ops.stack import REPO_ROOT, serve_stack
-from tests.slo_verdict import judge_latency_only_breach
 
 
 def live(test):
@@ -77,7 +76,6 @@ def test_ci_gate_passes_on_the_local_stack(saved_tags, tmp_path):
             f"gate failed while other processes used {other:.0%} of the cores (outside the stack "
             f"and the load generator): latency not attributable here; CI runs it strictly"
         )
-    judge_latency_only_breach(verdict, "the default form")
     assert result.returncode == 0, explain(result)
     assert verdict["passed"] is True and verdict["outcome"] == "pass"
     assert "SLO gate: PASS (exit code 0)" in result.stdout
