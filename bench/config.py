@@ -43,11 +43,13 @@ class BenchConfig:
     saturation_rounds: int = 3
     # Cost of a recommendation: dollars per vCPU-hour (override: --vcpu-hour-usd). Default: AWS
     # EC2 c6i.large (2 vCPU, compute optimised), on-demand Linux list price in us-east-1, $0.085
-    # per hour (AWS pricing page, 2024-2025), i.e. about $0.04 per vCPU-hour.
+    # per hour as recalled, not checked against AWS's page (none is reachable here): about $0.04
+    # per vCPU-hour. Override with --vcpu-hour-usd.
     vcpu_hour_usd: float = 0.0425
     vcpu_price_source: str = (
         "AWS EC2 c6i.large (2 vCPU, compute optimised) on-demand Linux list price, us-east-1: "
-        "$0.085 per hour (AWS pricing page, 2024-2025); not a quote: check the current price"
+        "$0.085 per hour as recalled, not checked against AWS's page; not a quote: check the "
+        "current price (--vcpu-hour-usd)"
     )
     # Head of line: /recommend at `hol_rate` req/s (Poisson) on `hol_form`, alone and with
     # `hol_batch_rate` req/s of /recommend_batch (`hol_batch_users` users each) beside it,
