@@ -190,6 +190,9 @@ class FrontDoor:
         self.document_body: bytes | None = None
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket" and self.websocket_refused(scope):
+            await send({"type": "websocket.close", "code": 1008})  # policy violation
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -220,6 +223,12 @@ class FrontDoor:
             await self.serve(scope, receive, send, path)
         finally:
             self.in_flight -= 1
+
+    def websocket_refused(self, scope) -> bool:
+        """A stage takes no websocket without the token (BentoML's router would see it)."""
+        if self.tokens is None:
+            return False
+        return self.tokens.refusal(scope.get("headers") or []) is not None
 
     async def serve(self, scope, receive, send, path: str) -> None:
         api = self.apis.by_path.get(path)

@@ -205,3 +205,30 @@ def test_rotation_accepts_the_previous_token_only_while_it_is_configured(monkeyp
     assert _status_of(guard, current) == 200
     assert _status_of(guard, [*current, *old]) == 401  # exactly one token header
     assert _status_of(guard, [(header, b"")]) == 401
+
+
+def test_a_websocket_to_a_stage_needs_the_token_too():
+    """No route of a stage takes a websocket, but none may reach BentoML's router untokened."""
+    from services.front_door import FrontDoor
+    from services.stage_token import STAGE_TOKEN_HEADER, stage_token
+
+    reached: list[str] = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    def connect(headers) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        door = FrontDoor(app, component="retrieval", stage=True, max_in_flight=0)
+        scope = {"type": "websocket", "path": "/retrieve", "headers": headers}
+        asyncio.run(door(scope, None, send))
+        return sent
+
+    refused = connect([])
+    assert refused == [{"type": "websocket.close", "code": 1008}] and reached == []
+    assert connect([(STAGE_TOKEN_HEADER.encode(), stage_token())]) == []
+    assert reached == ["/retrieve"]
