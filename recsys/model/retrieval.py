@@ -32,15 +32,16 @@ from recsys.model.sources import (
     SOURCE_ANN,
     SOURCE_ITEM,
     SOURCE_POPULAR,
+    ActiveScores,
+    CatalogPositions,
     ItemItemConfig,
     ItemItemModel,
     PopularityDefinition,
+    Positions,
     fit_item_item,
     merge_lists,
     popularity_scores,
-    positions_in,
     recent_items,
-    top_items,
     user_profiles,
 )
 from recsys.model.vocab import Vocabulary
@@ -334,9 +335,11 @@ class Candidates:
         return self.sources == SOURCE_POPULAR
 
 
-def _ranks_in(found: np.ndarray, ranked: np.ndarray | None, missing: int) -> np.ndarray:
+def _ranks_in(
+    positions: Positions, found: np.ndarray, ranked: np.ndarray | None, missing: int
+) -> np.ndarray:
     """Position of each `found` item in `ranked` (best first), `missing` where absent."""
-    position = positions_in(found, ranked)
+    position = positions(found, ranked)
     return np.where(position >= 0, position, missing).astype(np.float32)
 
 
@@ -345,8 +348,8 @@ class SourceLists:
     """Each source's list for one user, best first, and the item-item score vectors."""
 
     lists: dict[str, np.ndarray]
-    item_scores: np.ndarray | None
-    recent_scores: np.ndarray | None
+    item_scores: ActiveScores | None
+    recent_scores: ActiveScores | None
 
 
 @dataclass
@@ -381,6 +384,7 @@ class RetrievalModel:
             self.popularity[self.popular_idx] = self.popular_scores
         top = float(self.popularity.max()) if len(self.popularity) else 0.0
         self._popularity_scaled = (self.popularity / max(top, 1e-12)).astype(np.float32)
+        self._positions = CatalogPositions(len(self.items))
 
     # ---- building -------------------------------------------------------------------------
     def build_indexes(self, seed: int = 0) -> None:
@@ -427,7 +431,7 @@ class RetrievalModel:
         )
         return neighbours.astype(np.int64), scores
 
-    def item_item_scores(self, user_idx: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def item_item_scores(self, user_idx: int) -> tuple[ActiveScores | None, ActiveScores | None]:
         """Item-item scores of the whole catalog from the user's profile, and from their
         `recent_items` last items alone (None, None without history or item-item source)."""
         if self.item_item is None or self.profiles is None or user_idx < 0:
@@ -435,12 +439,13 @@ class RetrievalModel:
         start, end = self.profiles.indptr[user_idx], self.profiles.indptr[user_idx + 1]
         if start == end:
             return None, None
-        profile = self.item_item.scores(
+        profile = self.item_item.active_scores(
             self.profiles.indices[start:end], self.profiles.data[start:end]
         )
         recent = self.recent[user_idx] if self.recent is not None else np.empty(0, np.int32)
         recent = recent[recent >= 0]
-        return profile, self.item_item.scores(recent, np.ones(len(recent), dtype=np.float32))
+        ones = np.ones(len(recent), dtype=np.float32)
+        return profile, self.item_item.active_scores(recent, ones)
 
     def source_lists(self, user_idx: int, k: int, blocked: np.ndarray) -> SourceLists:
         """Up to k items from each source that applies, none of them in `blocked`.
@@ -458,7 +463,7 @@ class RetrievalModel:
         with tracer.start_as_current_span("item_item_candidates") as span:
             item_scores, recent_scores = self.item_item_scores(user_idx)
             if item_scores is not None:
-                lists[SOURCE_ITEM] = top_items(item_scores, mask, k)
+                lists[SOURCE_ITEM] = item_scores.top(mask, k)
             set_attributes(span, found=len(lists.get(SOURCE_ITEM, ())))
         with tracer.start_as_current_span("popular_candidates") as span:
             lists[SOURCE_POPULAR] = self.popular_idx[~mask[self.popular_idx]][:k]
@@ -480,14 +485,16 @@ class RetrievalModel:
         )
         columns = {
             "ann_score": ann_score,
-            "ann_rank": _ranks_in(item_idx, found.lists.get(SOURCE_ANN), k),
-            "item_score": zeros if found.item_scores is None else found.item_scores[item_idx],
-            "item_rank": _ranks_in(item_idx, found.lists.get(SOURCE_ITEM), k),
+            "ann_rank": _ranks_in(self._positions, item_idx, found.lists.get(SOURCE_ANN), k),
+            "item_score": zeros if found.item_scores is None else found.item_scores.at(item_idx),
+            "item_rank": _ranks_in(self._positions, item_idx, found.lists.get(SOURCE_ITEM), k),
             "recent_item_score": zeros
             if found.recent_scores is None
-            else found.recent_scores[item_idx],
+            else found.recent_scores.at(item_idx),
             "popular_score": self._popularity_scaled[item_idx],
-            "popular_rank": _ranks_in(item_idx, found.lists.get(SOURCE_POPULAR), k),
+            "popular_rank": _ranks_in(
+                self._positions, item_idx, found.lists.get(SOURCE_POPULAR), k
+            ),
         }
         return np.column_stack([columns[name] for name in SIGNAL_NAMES]).astype(np.float32)
 
@@ -502,7 +509,12 @@ class RetrievalModel:
     def fuse(self, user_idx: int, found: SourceLists, k: int) -> Candidates:
         """The merged k candidates of a user's source lists, with provenance and signals."""
         item_idx, scores, provenance = merge_lists(
-            found.lists, self.config.shares, self.config.fusion_weights, k, self.config.rrf_k
+            found.lists,
+            self.config.shares,
+            self.config.fusion_weights,
+            k,
+            self.config.rrf_k,
+            self._positions,
         )
         return Candidates(item_idx, scores, provenance, self.signals(user_idx, item_idx, found, k))
 

@@ -15,11 +15,14 @@ from recsys.model.retrieval import (
 )
 from recsys.model.sources import (
     SIGNAL_NAMES,
+    CatalogPositions,
     ItemItemConfig,
     PopularityDefinition,
     fit_item_item,
     merge_lists,
     popularity_scores,
+    positions_in,
+    top_items,
     trending_window_days,
 )
 from recsys.model.vocab import Vocabulary
@@ -150,6 +153,41 @@ def test_item_item_ease_and_knn_recover_co_occurrence():
         others = [i for i in np.argsort(-scores, kind="stable").tolist() if i not in (0, 1)]
         assert set(others[:3]) == {2, 3, 4} and min(scores[2:5]) > max(scores[5:10])
         assert scores[10:].tolist() == [0.0, 0.0]  # never met: not in the model
+
+
+def test_active_scores_read_like_the_catalog_wide_vector():
+    rng = np.random.default_rng(4)
+    matrix = sp.random(300, 80, density=0.08, format="lil", random_state=5)
+    matrix[2:, 60:] = 0  # items 60.. met by two users at most: left out of the model
+    matrix = matrix.tocsr()
+    for method in ("ease", "knn"):
+        model = fit_item_item(matrix, ItemItemConfig(method=method, min_support=3, neighbours=6))
+        assert 0 < len(model.active) < 80  # some items inactive: the mapping is exercised
+        for _ in range(20):
+            profile = rng.choice(80, size=int(rng.integers(1, 12)), replace=False)
+            weights = rng.random(len(profile)).astype(np.float32)
+            catalog = model.scores(profile, weights)
+            active = model.active_scores(profile, weights)
+            everything = np.arange(80)
+            assert np.array_equal(active.at(everything), catalog)
+            blocked = np.zeros(80, dtype=bool)
+            blocked[rng.choice(80, size=10, replace=False)] = True
+            for k in (1, 5, 80):
+                assert np.array_equal(active.top(blocked, k), top_items(catalog, blocked, k))
+
+
+def test_catalog_positions_match_sorting_and_searching():
+    rng = np.random.default_rng(6)
+    positions = CatalogPositions(1000)
+    for size in (0, 1, 7, 200):
+        ranked = rng.choice(1000, size=size, replace=False)
+        items = rng.choice(1000, size=150, replace=True)
+        items[: size // 2] = ranked[: size // 2]  # some hits
+        assert np.array_equal(positions(items, ranked), positions_in(items, ranked))
+    assert positions(np.array([3, 9]), None).tolist() == [-1, -1]
+    # An item listed twice keeps its first position, and the scratch array is left clean.
+    assert positions(np.array([5, 2]), np.array([5, 2, 5])).tolist() == [0, 1]
+    assert positions(np.array([5, 2]), np.array([4])).tolist() == [-1, -1]
 
 
 def test_exclusions_and_seen_flag(tiny_result):
