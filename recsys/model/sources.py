@@ -450,11 +450,15 @@ def merge_lists(
     taken: dict[int, str] = {}
 
     def take(name: str, limit: int) -> None:
-        for item in lists.get(name, np.empty(0, np.int64)).tolist():
-            if len(taken) >= limit:
-                return
+        room = limit - len(taken)
+        if room <= 0 or name not in lists:
+            return
+        for item in lists[name].tolist():
             if item not in taken:
                 taken[item] = name
+                room -= 1
+                if not room:
+                    return
 
     quota = 0
     for name in SOURCES:
