@@ -74,14 +74,16 @@ def install_tracing() -> None:
         trace.set_tracer_provider(BentoMLContainer.tracer_provider.get())
 
 
-def service_config(**extra) -> dict:
-    """BentoML service options every service shares (workers, timeout, metric buckets)."""
+def service_config(stage: bool = True, **extra) -> dict:
+    """BentoML service options every service shares (workers, timeout, metric buckets, access
+    log: `RECSYS_ACCESS_LOG` for the gateway, `RECSYS_STAGE_ACCESS_LOG` for a stage)."""
+    access_log = SETTINGS.stage_access_log if stage else SETTINGS.access_log
     return {
         "workers": SETTINGS.workers,
         "tracing": tracing_config(),
         "traffic": {"timeout": SETTINGS.request_timeout_s},
         "metrics": {"enabled": True, "duration": {"buckets": LATENCY_BUCKETS}},
-        "logging": {"access": {"enabled": SETTINGS.access_log}},
+        "logging": {"access": {"enabled": access_log}},
         **extra,
     }
 

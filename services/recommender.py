@@ -144,7 +144,7 @@ ANSWERS = {
 
 # Ready when its own models are: the popularity list and every stage in this process. A remote
 # stage being down does not make it unready (no runner probe): its fallbacks answer then.
-@bentoml.service(name="Recommender", **service_config(runner_probe={"enabled": False}))
+@bentoml.service(name="Recommender", **service_config(stage=False, runner_probe={"enabled": False}))
 class Recommender:
     # Each stage runs in this process (Local*) or, when `--depends` names it, is reached over
     # HTTP (*Client: JSON and the stage token; services.stages.StageDependency).

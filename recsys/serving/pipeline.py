@@ -204,7 +204,8 @@ class RecommendPipeline:
                 if in_process:
                     result = await request(*arguments)
                 else:
-                    result = await asyncio.wait_for(attempt(), timeout)
+                    async with asyncio.timeout(timeout):  # no task per call, as wait_for makes
+                        result = await attempt()
             except Exception as exc:
                 breaker.record_failure()
                 mark_error(span, exc)

@@ -94,7 +94,15 @@ class ServingSettings(BaseSettings):
             " (never sent by the gateway), so gateway and stages can restart in any order."
         ),
     )
-    access_log: bool = Field(True, description="Log one line per request (BentoML access log).")
+    access_log: bool = Field(
+        True, description="The gateway logs one line per request (BentoML access log)."
+    )
+    stage_access_log: bool = Field(
+        False,
+        description="The stages log one line per call too. Off by default: their only caller is"
+        " the gateway, whose access log already has a line per request, and the line costs"
+        " about 5% of a stage's CPU under load.",
+    )
     track: str = Field("stable", description="Deployment track reported in responses and metrics.")
     # From measured capacity (docs/benchmark.md): one worker of the default form serves about
     # 440 req/s, so 32 requests in flight are ~70 ms of queue, about slo.yaml's p99 (60 ms):
