@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
+from recsys.model.dense_predict import DensePredictor
 from recsys.model.features import FEATURE_NAMES, FeatureTables, assemble_features
 from recsys.model.ordering import (
     ORDER_LABELS,
@@ -275,6 +276,7 @@ class Ranker:
 
     def __post_init__(self) -> None:
         self._iteration_range = (0, int(self.booster.best_iteration) + 1)
+        self._predictor = DensePredictor(self.booster, self._iteration_range)
         self.serving_order = str(self.info.get("serving_order", RANKER))
         if self.serving_order not in ORDERS:
             raise ValueError(f"ranker serves an unknown order {self.serving_order!r}")
@@ -292,7 +294,7 @@ class Ranker:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Scores for a feature matrix, using the best iteration found by early stopping."""
-        return booster_scores(self.booster, self.info.get("prior"), features)
+        return self._predictor(features, prior_margin(self.info.get("prior"), features))
 
     def features_for(self, user_id: str, columns: dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
         """Feature matrix for candidate columns (ids, scores, sources, signals), and the mask
