@@ -2,8 +2,9 @@
 
 `build_feature_tables` condenses the history before a cut-off time into per-user and per-item
 arrays; `assemble_features` turns (user, candidate items, retrieval outputs) into the model's
-input matrix. Training and the Ranking service both call `assemble_features` on the same
-tables, so a served feature vector equals the one the model was trained on.
+input matrix. The Ranking service fills the same matrix in place for one user's request
+(`item_feature_rows`, `fill_item_user_features`: `Ranker.features_for`), from the same tables;
+tests/unit/test_features.py holds it equal, bit for bit, to the training assembly.
 """
 
 from __future__ import annotations
@@ -195,3 +196,51 @@ def assemble_features(
         share_14d,
     )
     return np.column_stack(columns).astype(np.float32, copy=False)
+
+
+# Where each group of features sits in a row of FEATURE_NAMES.
+SIGNAL_FEATURES = slice(
+    FEATURE_NAMES.index(SIGNAL_NAMES[0]), FEATURE_NAMES.index(SIGNAL_NAMES[-1]) + 1
+)
+ITEM_FEATURES = slice(
+    FEATURE_NAMES.index("item_log_pop_7d"), FEATURE_NAMES.index("item_category") + 1
+)
+_USER_FEATURES = FEATURE_NAMES.index("user_log_activity")
+
+
+def item_feature_rows(tables: FeatureTables) -> np.ndarray:
+    """Every item's features (columns `FEATURE_NAMES[ITEM_FEATURES]`) as one float32 row, so a
+    request gathers its candidates' item features at once (`fill_item_user_features`)."""
+    pop_7d, pop_30d = tables.item_log_pop_7d, tables.item_log_pop_30d
+    columns = (
+        pop_7d,
+        pop_30d,
+        tables.item_log_pop_all,
+        tables.item_trending,
+        pop_7d - pop_30d,
+        tables.item_age_days,
+        tables.item_category.astype(np.float32),
+    )
+    return np.column_stack(columns).astype(np.float32, copy=False)
+
+
+def fill_item_user_features(
+    features: np.ndarray,
+    tables: FeatureTables,
+    item_rows: np.ndarray,
+    user_idx: int,
+    item_idx: np.ndarray,
+) -> None:
+    """Write the item and user columns of one user's candidate rows in place: the values
+    `assemble_features` gives them, for one user (-1: without history) and `item_rows` from
+    `item_feature_rows(tables)`."""
+    features[:, ITEM_FEATURES] = item_rows[item_idx]
+    user = features[:, _USER_FEATURES:]
+    if user_idx < 0:
+        user[:] = (0.0, _NO_HISTORY_DAYS, 0.0, 0.0)
+        return
+    category = tables.item_category[item_idx]
+    user[:, 0] = tables.user_log_activity[user_idx]
+    user[:, 1] = tables.user_days_since_last[user_idx]
+    user[:, 2] = tables.user_category_share[user_idx][category]
+    user[:, 3] = tables.user_category_share_14d[user_idx][category]

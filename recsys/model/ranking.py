@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from recsys.model.features import FEATURE_NAMES, FeatureTables, assemble_features
+from recsys.model.dense_predict import DensePredictor
+from recsys.model.features import (
+    FEATURE_NAMES,
+    SIGNAL_FEATURES,
+    FeatureTables,
+    assemble_features,
+    fill_item_user_features,
+    item_feature_rows,
+)
 from recsys.model.ordering import (
     ORDER_LABELS,
     ORDERS,
@@ -126,18 +134,24 @@ class RankingExamples:
 # Source scores whose scale follows the history's size (a model refit on more data scores
 # higher): the ranker reads them relative to the best candidate of the same list.
 _LIST_RELATIVE = [SIGNAL_NAMES.index(name) for name in SCORE_SIGNALS]
+_SCORE, _RANK = FEATURE_NAMES.index("retrieval_score"), FEATURE_NAMES.index("retrieval_rank")
 
 
 def list_relative(signals: np.ndarray) -> np.ndarray:
     """Score signals divided by their largest magnitude within one user's candidate list."""
     relative = np.array(signals, dtype=np.float32, copy=True)
-    if not len(relative):
-        return relative
-    part = relative[:, _LIST_RELATIVE]
+    _make_list_relative(relative)
+    return relative
+
+
+def _make_list_relative(signals: np.ndarray) -> None:
+    """`list_relative` in place, on float32 signal columns (a view of a feature matrix)."""
+    if not len(signals):
+        return
+    part = signals[:, _LIST_RELATIVE]
     with np.errstate(invalid="ignore"):
         scale = np.nanmax(np.abs(part), axis=0) if np.isfinite(part).any() else np.ones(1)
-    relative[:, _LIST_RELATIVE] = part / np.where(scale > 0, scale, 1.0)
-    return relative
+    signals[:, _LIST_RELATIVE] = part / np.where(scale > 0, scale, 1.0)
 
 
 def candidate_features(tables: FeatureTables, user_idx: int, candidates: Candidates) -> np.ndarray:
@@ -275,6 +289,8 @@ class Ranker:
 
     def __post_init__(self) -> None:
         self._iteration_range = (0, int(self.booster.best_iteration) + 1)
+        self._predictor = DensePredictor(self.booster, self._iteration_range)
+        self._item_rows = item_feature_rows(self.tables)
         self.serving_order = str(self.info.get("serving_order", RANKER))
         if self.serving_order not in ORDERS:
             raise ValueError(f"ranker serves an unknown order {self.serving_order!r}")
@@ -292,32 +308,30 @@ class Ranker:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Scores for a feature matrix, using the best iteration found by early stopping."""
-        return booster_scores(self.booster, self.info.get("prior"), features)
+        return self._predictor(features, prior_margin(self.info.get("prior"), features))
 
     def features_for(self, user_id: str, columns: dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
         """Feature matrix for candidate columns (ids, scores, sources, signals), and the mask
-        of ids the model knows. A signal column the caller left out is missing (NaN)."""
+        of ids the model knows. A signal column the caller left out is missing (NaN).
+
+        The rows equal `candidate_features` of the known candidates (tests/unit/test_features.py),
+        filled in place in one float32 matrix: a fifth of the per-request array operations.
+        """
         item_idx = self.items.lookup(columns["item_ids"])
         known = item_idx >= 0
-        n = len(item_idx)
-        signals = np.column_stack(
-            [
-                np.asarray(columns[name], dtype=np.float32)
-                if columns.get(name) is not None
-                else np.full(n, np.nan, dtype=np.float32)
-                for name in SIGNAL_NAMES
-            ]
-        ).reshape(n, len(SIGNAL_NAMES))
-        candidates = Candidates(
-            item_idx[known],
-            np.asarray(columns["scores"], dtype=np.float32)[known],
-            np.asarray(columns["sources"], dtype=object)[known],
-            signals[known],
-        )
-        user_idx = self.users.index_of(user_id)
-        features = candidate_features(self.tables, user_idx, candidates)
+        features = np.empty((len(item_idx), len(FEATURE_NAMES)), dtype=np.float32)
+        features[:, _SCORE] = columns["scores"]
+        for column, name in enumerate(SIGNAL_NAMES, start=SIGNAL_FEATURES.start):
+            values = columns.get(name)
+            features[:, column] = np.nan if values is None else values
+        if not known.all():
+            features, item_idx = features[known], item_idx[known]
         # Ranks follow the order the candidates arrived in, unknown items included.
-        features[:, FEATURE_NAMES.index("retrieval_rank")] = np.flatnonzero(known)
+        features[:, _RANK] = np.flatnonzero(known)
+        _make_list_relative(features[:, SIGNAL_FEATURES])
+        fill_item_user_features(
+            features, self.tables, self._item_rows, self.users.index_of(user_id), item_idx
+        )
         return features, known
 
     def score(

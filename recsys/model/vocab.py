@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,10 @@ class Vocabulary:
     def lookup(self, keys: Iterable[str]) -> np.ndarray:
         """Indices of many ids (-1 for unknown ones)."""
         if isinstance(keys, list | tuple) and len(keys) <= _DICT_LOOKUP_MAX:
-            # A request's few hundred ids: dict lookups take a fifth of pandas' fixed cost.
-            return np.fromiter((self._lookup.get(key, -1) for key in keys), np.int64, len(keys))
+            # A request's few hundred ids: dict lookups take a fifth of pandas' fixed cost, and
+            # map() over the bound get two thirds of a generator's (200 ids: 14 vs 21 us).
+            found = map(self._lookup.get, keys, repeat(-1))
+            return np.fromiter(found, np.int64, len(keys))
         return self._index.get_indexer(pd.Index(keys)).astype(np.int64)
 
     def save(self, path: str | Path) -> None:

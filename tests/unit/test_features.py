@@ -79,3 +79,53 @@ def test_missing_signal_columns_are_missing_features(tiny_result):
     signal_columns = [FEATURE_NAMES.index(name) for name in SIGNAL_NAMES]
     assert np.isnan(features[:, signal_columns]).all()
     assert np.isfinite(ranker.score_columns(str(retrieval.users.ids[0]), bare)).all()
+
+
+def test_served_rows_equal_the_training_assembly_with_unknown_items_and_missing_signals(
+    tiny_result,
+):
+    """`features_for` fills one matrix in place; its rows equal `candidate_features` (the
+    training path) of the known candidates bit for bit, ranks counting unknown ones."""
+    from recsys.model.features import ITEM_FEATURES, SIGNAL_FEATURES
+    from recsys.model.ranking import candidate_features
+
+    retrieval, ranker = tiny_result.retrieval, tiny_result.ranker
+    assert FEATURE_NAMES[SIGNAL_FEATURES] == SIGNAL_NAMES
+    assert FEATURE_NAMES[ITEM_FEATURES][0] == "item_log_pop_7d"
+    assert FEATURE_NAMES[-4:] == (
+        "user_log_activity",
+        "user_days_since_last",
+        "user_category_share",
+        "user_category_share_14d",
+    )
+    warm_user = next(u for u in range(len(retrieval.users)) if not retrieval.is_cold(u))
+    for user_idx in (warm_user, -1):
+        user_id = retrieval.users.ids[user_idx] if user_idx >= 0 else "never-seen-user"
+        candidates = retrieval.retrieve_indices(user_idx, 40)
+        columns = retrieval.columns(candidates)
+        columns["item_ids"] = list(columns["item_ids"])
+        columns["item_ids"][1] = columns["item_ids"][7] = "not-in-the-catalog"
+        columns["item_score"] = None
+        columns.pop("popular_rank")
+        known = np.ones(len(candidates), dtype=bool)
+        known[[1, 7]] = False
+        signals = candidates.signals.copy()
+        signals[:, [SIGNAL_NAMES.index("item_score"), SIGNAL_NAMES.index("popular_rank")]] = np.nan
+        reference = candidate_features(
+            ranker.tables,
+            ranker.users.index_of(user_id),
+            type(candidates)(
+                candidates.item_idx[known],
+                candidates.scores[known],
+                candidates.sources[known],
+                signals[known],
+            ),
+        )
+        reference[:, FEATURE_NAMES.index("retrieval_rank")] = np.flatnonzero(known)
+        served, served_known = ranker.features_for(user_id, columns)
+        assert np.array_equal(served_known, known)
+        assert served.dtype == np.float32 and served.shape == reference.shape
+        assert np.array_equal(served, reference, equal_nan=True)
+    empty = {name: [] for name in ("item_ids", "scores", "sources", "categories")}
+    features, known = ranker.features_for("never-seen-user", empty)
+    assert features.shape == (0, len(FEATURE_NAMES)) and not len(known)
