@@ -128,7 +128,7 @@ class Ranking(StageService):
 
     async def answer_rank(self, user_id: str, candidates: dict[str, list]) -> dict:
         set_attributes(
-            user_hash=hash_id(user_id),
+            user_hash=lambda: hash_id(user_id),
             candidates=len(candidates["item_ids"]),
             model_version=self.loaded.version,
         )

@@ -129,7 +129,7 @@ class Retrieval(StageService):
     def answer_retrieve(self, user_id: str, k: int = 200, **options) -> dict:
         answer = self._candidates(user_id, k, **options)
         set_attributes(
-            user_hash=hash_id(user_id),
+            user_hash=lambda: hash_id(user_id),
             k=k,
             candidates=len(answer["candidates"]["item_ids"]),
             cold_start=answer["cold_start"],

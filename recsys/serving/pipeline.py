@@ -273,7 +273,7 @@ class RecommendPipeline:
             order = range(len(candidates["item_ids"]))
             items = top_k_items(candidates, order, candidates["scores"], k, settings.category_cap)
         set_attributes(
-            user_hash=hash_id(user_id),
+            user_hash=lambda: hash_id(user_id),
             k=k,
             candidates=len(candidates["item_ids"]),
             degraded=bool(degraded),
