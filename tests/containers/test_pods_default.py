@@ -30,7 +30,6 @@ from conftest import REPO_ROOT, REPORT_DIR, SCENARIOS, in_ci, running_stack
 from pod_runner import KNOWN_USERS, Client
 
 from recsys.ops.cpu import machine_cpu_seconds
-from tests.slo_verdict import judge_latency_only_breach
 
 pytestmark = [pytest.mark.containers]
 
@@ -249,9 +248,9 @@ BUSY_MACHINE = 0.15  # the share tests/loadtests uses: above it, latency is not 
 
 
 def test_locust_ci_gate_passes_against_the_gateway_container(default_stack, figures):
-    """`python -m loadtests.run --host <gateway container>` with the CI profile (8 users x
-    2 req/s, 60 s), while the kubelet's liveness/readiness probes keep running: the SLO gate
-    passes and no probe reaches its failure threshold."""
+    """`python -m loadtests.run --host <gateway container>` with the CI profile (30 users x
+    4 req/s, 60 s), while the kubelet's liveness/readiness probes keep running: the SLO gate
+    passes (a latency breach fails, as any other) and no probe reaches its failure threshold."""
     stack, _ = default_stack
     out = REPORT_DIR / "loadtest"
     out_args = ["--out", str(out)]
@@ -282,7 +281,6 @@ def test_locust_ci_gate_passes_against_the_gateway_container(default_stack, figu
             "(outside the containers and Locust): latency not attributable here; CI runs it "
             "strictly"
         )
-    judge_latency_only_breach(verdict, "the default form in the chart's containers")
     assert done.returncode == 0, f"Locust gate failed ({done.returncode}):\n{done.stdout[-4000:]}"
 
 
