@@ -30,6 +30,7 @@ from conftest import REPO_ROOT, REPORT_DIR, SCENARIOS, in_ci, running_stack
 from pod_runner import KNOWN_USERS, Client
 
 from recsys.ops.cpu import machine_cpu_seconds
+from tests.slo_verdict import judge_latency_only_breach
 
 pytestmark = [pytest.mark.containers]
 
@@ -281,6 +282,7 @@ def test_locust_ci_gate_passes_against_the_gateway_container(default_stack, figu
             "(outside the containers and Locust): latency not attributable here; CI runs it "
             "strictly"
         )
+    judge_latency_only_breach(verdict, "the default form in the chart's containers")
     assert done.returncode == 0, f"Locust gate failed ({done.returncode}):\n{done.stdout[-4000:]}"
 
 
