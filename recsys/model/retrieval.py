@@ -432,7 +432,7 @@ class RetrievalModel:
         return neighbours.astype(np.int64), scores
 
     def item_item_scores(self, user_idx: int) -> tuple[ActiveScores | None, ActiveScores | None]:
-        """Item-item scores of the whole catalog from the user's profile, and from their
+        """Item-item scores of the active items from the user's profile, and from their
         `recent_items` last items alone (None, None without history or item-item source)."""
         if self.item_item is None or self.profiles is None or user_idx < 0:
             return None, None
